@@ -1,0 +1,74 @@
+"""Flat views of a module's parameters, gradients and BatchNorm statistics.
+
+:class:`FlatModel` moves every parameter of a ``torch.nn.Module`` into one
+contiguous float32 buffer ``params`` (each ``p.data`` becomes a view into
+it), and gives every parameter a ``.grad`` that is a view into a second buffer
+``grads``.  Loading weights is then one ``copy_`` and reading the gradient is
+one view, with no per-tensor Python loop on the hot path.
+
+Floating-point buffers (BatchNorm ``running_mean`` / ``running_var``) are
+gathered into a third flat buffer ``buffers`` the same way, so their
+statistics can travel with a push.  Integer buffers (``num_batches_tracked``)
+stay local: they only matter for BatchNorm with ``momentum=None``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _flatten_into(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One contiguous float32 buffer holding ``tensors`` end to end."""
+    total = sum(t.numel() for t in tensors)
+    flat = torch.zeros(total, dtype=torch.float32)
+    offset = 0
+    for t in tensors:
+        flat[offset:offset + t.numel()].copy_(t.detach().reshape(-1))
+        offset += t.numel()
+    return flat
+
+
+def _views(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    views, offset = [], 0
+    for t in tensors:
+        views.append(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return views
+
+
+class FlatModel:
+    """A module whose parameters, gradients and float buffers live in flat tensors."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("module has no trainable parameters")
+        if any(p.dtype != torch.float32 for p in params):
+            raise ValueError("FlatModel needs float32 parameters")
+        self.tensor_sizes = [p.numel() for p in params]
+        self.params = _flatten_into(params)
+        self.grads = torch.zeros_like(self.params)
+        for p, view, gview in zip(params, _views(self.params, params), _views(self.grads, params)):
+            p.data = view
+            p.grad = gview
+        float_buffers = [b for b in module.buffers() if b.is_floating_point()]
+        self._buffer_owners = [(mod, name) for mod in module.modules()
+                               for name, b in mod.named_buffers(recurse=False) if b.is_floating_point()]
+        self.buffers = _flatten_into(float_buffers)
+        for (mod, name), view in zip(self._buffer_owners, _views(self.buffers, float_buffers)):
+            setattr(mod, name, view)
+
+    @property
+    def num_params(self) -> int:
+        return self.params.numel()
+
+    def load(self, weights: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
+        """Set the module's parameters (and float buffers) from flat tensors."""
+        self.params.copy_(weights)
+        if buffers is not None and buffers.numel():
+            self.buffers.copy_(buffers)
+
+    def zero_grad(self) -> None:
+        self.grads.zero_()

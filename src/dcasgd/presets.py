@@ -1,0 +1,66 @@
+"""Presets and TOML config files: named starting points for ``train`` and ``compare``.
+
+A preset is ``presets/NAME.toml`` inside the package.  Keys are TrainConfig
+fields (the long CLI flags with ``_`` for ``-``); ``stragglers`` is a table
+``{ "3" = 4.0 }``; ``failures`` a list of ``[worker, fail_at, rejoin_at]``.
+An optional ``[compare]`` table holds the study grid used by ``dcasgd
+compare`` and is ignored by ``train``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig
+
+PRESET_DIR = Path(__file__).parent / "presets"
+PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+
+
+def settings_from_toml(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """TrainConfig keyword arguments from a parsed TOML table (``[compare]`` dropped)."""
+    known = set(TrainConfig.__dataclass_fields__)
+    values = {k.replace("-", "_"): v for k, v in raw.items() if k != "compare"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}; allowed: {sorted(known)}")
+    try:
+        if "stragglers" in values:
+            values["stragglers"] = {int(k): float(v) for k, v in values["stragglers"].items()}
+        if "failures" in values:
+            values["failures"] = tuple((int(f[0]), float(f[1]), float(f[2]) if len(f) > 2 else None)
+                                       for f in values["failures"])
+        for key in ("speeds", "lr_milestones"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+    except (TypeError, ValueError, AttributeError, IndexError):
+        raise ConfigError(f"{source}: malformed stragglers/failures/speeds/lr_milestones") from None
+    return values
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown value {name!r}; allowed: {', '.join(PRESETS)}")
+    return settings_from_toml(_read_toml(PRESET_DIR / f"{name}.toml"), f"preset {name}")
+
+
+def load_preset_grid(name_or_path: str) -> dict[str, Any]:
+    """The ``[compare]`` table of a preset or TOML file (empty if none)."""
+    path = PRESET_DIR / f"{name_or_path}.toml" if name_or_path in PRESETS else Path(name_or_path)
+    return dict(_read_toml(path).get("compare", {}))
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    return settings_from_toml(_read_toml(Path(path)), f"config file {path}")

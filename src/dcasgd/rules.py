@@ -1,0 +1,194 @@
+"""Server update rules: pure arithmetic on flat float32 tensors.
+
+Each rule turns one pushed gradient ``g`` (computed by worker m at the weights
+``backup`` it pulled, ``tau`` versions ago) into an in-place update of the
+flat weights ``w``::
+
+    sgd        d = g + wd*w                                    ; w -= lr * d
+    staleness  d = g + wd*w                                    ; w -= lr / max(1, tau) * d
+    dc-asgd-c  d = g + lam * g*g*(w - backup) + wd*w           ; w -= lr * d
+    dc-asgd-a  ms = m*ms + (1-m)*g*g
+               d = g + lam0/sqrt(ms + eps) * g*g*(w - backup) + wd*w ; w -= lr * d
+
+With ``momentum`` > 0 the direction ``d`` goes through torch.optim.SGD's
+heavy-ball buffer first (``buf = momentum*buf + d``, the first step takes
+``buf = d``; ``w -= lr * buf``).  For the DC rules momentum is applied to the
+compensated gradient, as the paper's momentum variants do.
+
+A rule is a small object with ``init(num_params, num_workers) -> state`` and
+``apply_(w, g, backup, staleness, lr, state, worker)``; the state is a plain
+dict of tensors (so it checkpoints with ``torch.save``).  Rules know nothing of
+workers beyond an index into per-worker state, and nothing of time, Ray or
+files.
+
+Difference from MXNet's ``DCASGD`` optimizer: MXNet keeps *one* previous
+weight per parameter (the weights before the last update, whoever pushed it),
+so with M workers its correction uses ``w - w_prev`` of one step, not the
+delay of the pushing worker.  Here, as in Algorithm 2 of Zheng et al. (ICML
+2017) and Microsoft's Multiverso updater, the server keeps a backup per
+worker: the weights that worker pulled, so ``w - backup`` spans exactly the
+``tau`` updates the gradient missed.  MeanSquare (``ms``) is one global buffer
+by default; ``per_worker_ms=True`` keeps one per worker as Multiverso does.
+
+All updates are in place: no temporaries of size P beyond one scratch buffer
+kept in the state (``scratch``) for the DC correction term.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+RULES = ("sgd", "staleness", "dc-asgd-c", "dc-asgd-a")
+
+# Paper defaults (Zheng et al. 2017, Section 6).
+DEFAULT_HYPER = {"lr": 0.1, "momentum": 0.0, "wd": 0.0, "lam": 0.04, "lam0": 2.0, "m": 0.95, "eps": 1e-7}
+
+
+class RuleError(ValueError):
+    """An unknown rule name or an out-of-range hyperparameter."""
+
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One update rule with its hyperparameters fixed at construction."""
+
+    name: str
+    momentum: float = 0.0
+    wd: float = 0.0
+    lam: float = 0.04
+    lam0: float = 2.0
+    m: float = 0.95
+    eps: float = 1e-7
+    per_worker_ms: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in RULES:
+            raise RuleError(f"unknown rule {self.name!r}; choose one of {', '.join(RULES)}")
+        _check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _check_range("wd", self.wd, 0.0, math.inf)
+        _check_range("lam", self.lam, 0.0, math.inf)
+        _check_range("lam0", self.lam0, 0.0, math.inf)
+        _check_range("m", self.m, 0.0, 1.0, hi_open=True)
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise RuleError(f"eps must be > 0, got {self.eps}")
+
+    @property
+    def needs_backup(self) -> bool:
+        """True for rules that read the weights the pushing worker pulled."""
+        return self.name.startswith("dc-")
+
+    def init(self, num_params: int, num_workers: int) -> State:
+        """Zero state for a flat vector of ``num_params`` float32 parameters."""
+        state: State = {"step": torch.zeros((), dtype=torch.int64)}
+        if self.momentum > 0:
+            state["momentum_buffer"] = torch.zeros(num_params)
+        if self.needs_backup or self.wd:
+            state["scratch"] = torch.zeros(num_params)
+        if self.name == "dc-asgd-a":
+            rows = num_workers if self.per_worker_ms else 1
+            state["mean_square"] = torch.zeros(rows, num_params)
+        return state
+
+    def apply_(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
+               staleness: int, lr: float, state: State, worker: int = 0) -> None:
+        """Update ``w`` (and ``state``) in place with gradient ``g``."""
+        step_lr = lr / max(1, staleness) if self.name == "staleness" else lr
+        direction = g
+        if self.needs_backup:
+            direction = self._compensate(w, g, backup, state, worker)
+        if self.wd:
+            if direction is g:
+                direction = state["scratch"].copy_(g)
+            direction.add_(w, alpha=self.wd)
+        if self.momentum > 0:
+            buf = state["momentum_buffer"]
+            if int(state["step"]) == 0:
+                buf.copy_(direction)
+            else:
+                buf.mul_(self.momentum).add_(direction)
+            direction = buf
+        w.add_(direction, alpha=-step_lr)
+        state["step"] += 1
+
+    def _compensate(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
+                    state: State, worker: int) -> torch.Tensor:
+        """scratch = g + lam_eff * g*g*(w - backup); returns scratch."""
+        if backup is None:
+            raise RuleError(f"rule {self.name} needs the pushing worker's backup weights")
+        scratch = state["scratch"]
+        torch.sub(w, backup, out=scratch)          # w - backup
+        scratch.mul_(g).mul_(g)                    # g*g*(w - backup)
+        if self.name == "dc-asgd-c":
+            scratch.mul_(self.lam)
+        else:
+            ms = state["mean_square"][worker if self.per_worker_ms else 0]
+            ms.mul_(self.m).addcmul_(g, g, value=1.0 - self.m)
+            scratch.mul_(self.lam0).div_(ms.add(self.eps).sqrt_())   # lam0 / sqrt(ms + eps)
+        return scratch.add_(g)
+
+
+def _check_range(name: str, value: float, lo: float, hi: float, hi_open: bool = False) -> None:
+    ok = lo <= value < hi if hi_open else lo <= value <= hi
+    if not ok or math.isnan(value):
+        bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
+        raise RuleError(f"{name} must be in {bound}, got {value}")
+
+
+def make_rule(name: str, **hyper: float) -> Rule:
+    """Build a rule by registry name; unknown keywords are an error."""
+    allowed = {"momentum", "wd", "lam", "lam0", "m", "eps", "per_worker_ms"}
+    unknown = set(hyper) - allowed
+    if unknown:
+        raise RuleError(f"unknown hyperparameter(s) {sorted(unknown)} for rule {name!r}; "
+                        f"allowed: {sorted(allowed)}")
+    return Rule(name, **hyper)
+
+
+# ---------------------------------------------------------------- schedules
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Learning rate as a function of (fractional) epoch.
+
+    ``constant``: lr.  ``step``: lr * gamma**(number of milestones <= epoch)
+    (the paper: gamma 0.1 at epochs 80 and 120 of 160).  ``cosine``:
+    lr * (1 + cos(pi * epoch / total_epochs)) / 2.  A linear warm-up over
+    ``warmup_epochs`` multiplies any of them by (epoch / warmup_epochs).
+    """
+
+    base_lr: float
+    kind: str = "constant"
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+    total_epochs: float = 1.0
+    warmup_epochs: float = 0.0
+    _kinds: tuple[str, ...] = field(default=("constant", "step", "cosine"), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (self.base_lr > 0 and math.isfinite(self.base_lr)):
+            raise RuleError(f"lr must be > 0, got {self.base_lr}")
+        if self.kind not in self._kinds:
+            raise RuleError(f"unknown lr schedule {self.kind!r}; choose one of {', '.join(self._kinds)}")
+        if self.warmup_epochs < 0 or self.total_epochs <= 0:
+            raise RuleError("warmup_epochs must be >= 0 and total_epochs > 0")
+
+    def __call__(self, epoch: float) -> float:
+        lr = self.base_lr
+        if self.kind == "step":
+            lr *= self.gamma ** sum(1 for mark in self.milestones if epoch >= mark)
+        elif self.kind == "cosine":
+            lr *= 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.total_epochs) / self.total_epochs))
+        if self.warmup_epochs > 0 and epoch < self.warmup_epochs:
+            lr *= epoch / self.warmup_epochs
+        return lr
+
+
+ScheduleFn = Callable[[float], float]

@@ -1,0 +1,402 @@
+"""A deterministic event-driven cluster in one process.
+
+M workers share one :class:`~dcasgd.server.ServerCore`.  Every gradient is
+real: worker m computes it on its own mini-batch at exactly the weights it
+pulled; only the clock is simulated.  One gradient cycle of worker m takes::
+
+    comm_time (pull) + compute_time(m) + comm_time (push)        simulated seconds
+    compute_time(m) = base_time * speed[m] * straggler[m] * exp(jitter * z),  z ~ N(0, 1)
+
+where ``speed`` comes from ``--speeds`` or is drawn ``exp(hetero_sigma * z)``
+per worker, and ``z`` is drawn from a numpy Generator seeded by the run's
+seed, so a seed fixes every bit.  ``--replay FILE`` takes compute times from
+a recorded trace instead (see :func:`load_trace`).
+
+An event queue orders finish, failure and rejoin events by (time, sequence
+number); ties go to the earlier-scheduled event, so equal-speed workers run
+round robin and async staleness settles at exactly M-1.
+
+Consistency (``consistency.py``): ``async`` applies each push on arrival;
+``ssp:S`` holds a worker whose clock is more than S ahead of the slowest live
+worker's until the slowest catches up (the wait is simulated time, counted
+per worker); ``sync`` starts a round with every live worker at the same
+weights and applies the average of their gradients when the slowest finishes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .consistency import SyncBarrier, parse_consistency
+from .flat import FlatModel
+from .models import build_model
+from .run import RunContext, prepare_run, write_summary
+from .server import ServerCore
+from .telemetry import MetricsWriter, Progress, StalenessStats
+from .worker import BatchStream, compute_gradient, evaluate
+
+FINISH, FAIL, REJOIN = "finish", "fail", "rejoin"
+
+
+class TraceError(ValueError):
+    """A replay trace that is missing, malformed or lacks a worker."""
+
+
+def load_trace(path: str | Path, num_workers: int) -> list[list[float]]:
+    """Per-worker compute durations from a JSONL trace.
+
+    Each line is an object with ``worker`` (int) and ``duration_s`` (compute
+    seconds of one gradient, > 0); other keys (a Ray run also records
+    ``seq``, ``base_version``, ``version``, ``staleness``, ``t_pull``,
+    ``t_push``) are ignored.  Worker m's k-th gradient in the simulation takes
+    its k-th recorded duration, cycling when the trace runs out.
+    """
+    durations: list[list[float]] = [[] for _ in range(num_workers)]
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TraceError(f"replay trace {path}: cannot read ({exc.strerror})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            worker, duration = int(record["worker"]), float(record["duration_s"])
+        except (ValueError, KeyError, TypeError):
+            raise TraceError(f"replay trace {path}, line {number}: need an object with "
+                             f"'worker' and 'duration_s'") from None
+        if not 0 <= worker < num_workers or not (duration > 0 and math.isfinite(duration)):
+            continue  # other workers of a larger run, or a marker line
+        durations[worker].append(duration)
+    missing = [m for m, d in enumerate(durations) if not d]
+    if missing:
+        raise TraceError(f"replay trace {path} has no durations for worker(s) {missing}")
+    return durations
+
+
+class Timing:
+    """Compute time of each gradient: the model above, or a replayed trace."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.rng = np.random.default_rng(cfg.seed)
+        if cfg.speeds:
+            self.speed = list(cfg.speeds)
+        elif cfg.hetero_sigma > 0:
+            self.speed = [float(s) for s in np.exp(cfg.hetero_sigma * self.rng.standard_normal(cfg.workers))]
+        else:
+            self.speed = [1.0] * cfg.workers
+        for worker, factor in cfg.stragglers.items():
+            self.speed[worker] *= factor
+        self.base_time, self.jitter = cfg.base_time, cfg.jitter
+        self.trace = load_trace(cfg.replay, cfg.workers) if cfg.replay else None
+        self.drawn = [0] * cfg.workers
+
+    def compute_time(self, worker: int) -> float:
+        k = self.drawn[worker]
+        self.drawn[worker] += 1
+        if self.trace is not None:
+            return self.trace[worker][k % len(self.trace[worker])]
+        noise = math.exp(self.jitter * self.rng.standard_normal()) if self.jitter > 0 else 1.0
+        return self.base_time * self.speed[worker] * noise
+
+
+@dataclass
+class SimWorker:
+    """What worker m holds: only the weights it pulled, and its place in the schedule."""
+
+    index: int
+    stream: BatchStream
+    weights: torch.Tensor | None = None
+    buffers: torch.Tensor | None = None
+    base_version: int = 0
+    clock: int = 0           # gradients pushed
+    start_clock_gap: int = 0  # clock - slowest live clock when the current gradient started
+    alive: bool = True
+    generation: int = 0      # bumped on failure: invalidates the in-flight finish event
+    waiting_since: float | None = None
+
+
+@dataclass
+class SimResult:
+    summary: dict[str, Any]
+    weights: torch.Tensor
+    buffers: torch.Tensor
+
+
+@dataclass(order=True)
+class Event:
+    time: float
+    seq: int
+    kind: str = field(compare=False)
+    worker: int = field(compare=False)
+    generation: int = field(compare=False, default=0)
+
+
+class Simulator:
+    """Runs one training job on the simulated cluster; :meth:`run` returns the summary."""
+
+    def __init__(self, ctx: RunContext, probe: Any = None) -> None:
+        cfg = self.cfg = ctx.cfg
+        self.ctx = ctx
+        self.consistency = parse_consistency(cfg.consistency)
+        data = ctx.data
+        self.flat = FlatModel(build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed))
+        self.server = ServerCore(self.flat.params, cfg.rule, cfg.workers, cfg.lr,
+                                 backup_dtype=getattr(torch, cfg.backup_dtype), **cfg.rule_params())
+        self.server_buffers = self.flat.buffers.clone()   # BatchNorm statistics: the latest pushed
+        n = len(data.train_y)
+        self.workers = [SimWorker(m, BatchStream(n, m, cfg.workers, cfg.batch_size, cfg.seed))
+                        for m in range(cfg.workers)]
+        self.timing = Timing(cfg)
+        self.barrier = SyncBarrier()
+        self.stats = StalenessStats(cfg.workers)
+        self.probe = probe
+        self.events: list[Event] = []
+        self.seq = 0
+        self.now = 0.0
+        self.samples = 0                     # training samples consumed by applied gradients
+        self.gradients = 0                   # gradients computed and pushed
+        self.target_samples = math.ceil(cfg.epochs * n)
+        self.next_eval_epoch = 0.0
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.last_error: float | None = None
+        self.evals: list[dict[str, Any]] = []
+        self.events_log: list[dict[str, Any]] = []
+        self.diverged = False
+
+    # ------------------------------------------------------------ schedule
+
+    def _schedule(self, at: float, kind: str, worker: int, generation: int = 0) -> None:
+        heapq.heappush(self.events, Event(at, self.seq, kind, worker, generation))
+        self.seq += 1
+
+    def _live(self) -> list[SimWorker]:
+        return [w for w in self.workers if w.alive]
+
+    def _start(self, w: SimWorker) -> None:
+        """Worker w pulls now and will finish one gradient later (if the policy lets it start)."""
+        live_clocks = [o.clock for o in self._live()]
+        if not self.consistency.may_start(w.clock, live_clocks):
+            w.waiting_since = self.now
+            return
+        w.start_clock_gap = w.clock - min(live_clocks)
+        w.weights, w.base_version = self.server.pull(w.index)
+        w.buffers = self.server_buffers.clone()
+        cycle = self.cfg.comm_time + self.timing.compute_time(w.index) + self.cfg.comm_time
+        self._schedule(self.now + cycle, FINISH, w.index, w.generation)
+
+    def _start_sync_round(self) -> None:
+        live = self._live()
+        self.barrier.start({w.index for w in live})
+        for w in live:
+            self._start(w)
+
+    def _release_waiting(self) -> None:
+        for w in self.workers:
+            if w.alive and w.waiting_since is not None:
+                live_clocks = [o.clock for o in self._live()]
+                if self.consistency.may_start(w.clock, live_clocks):
+                    self.stats.add_wait(w.index, self.now - w.waiting_since)
+                    w.waiting_since = None
+                    self._start(w)
+
+    # ------------------------------------------------------------ events
+
+    def _gradient(self, w: SimWorker):
+        batch = w.stream.next()
+        key = ((self.cfg.seed * 1_000_003 + w.index) * 1_000_003 + w.clock) % (2**63)
+        x, y = self.ctx.data.train_x[batch], self.ctx.data.train_y[batch]
+        result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key)
+        return result, (x, y, key)
+
+    def _on_finish(self, w: SimWorker) -> None:
+        result, batch = self._gradient(w)
+        if not bool(torch.isfinite(result.grad).all()):
+            self.diverged = True                           # the model blew up: a result, not an error
+            self._log_event("diverged", w.index)
+            return
+        self.gradients += 1
+        self.samples += len(batch[1])
+        self.loss_sum += result.loss
+        self.loss_count += 1
+        self.server_buffers = result.buffers
+        clock_at_start = w.clock
+        w.clock += 1
+        if self.consistency.mode == "sync":
+            self.barrier.add(w.index, result.grad)
+            self._record_update(w, 0, result.loss, clock_at_start)
+            w.waiting_since = self.now
+            if self.barrier.complete:
+                self._finish_sync_round()
+            return
+        self.server.lr = self.ctx.schedule(self.epoch)
+        if self.probe is not None:
+            self.probe.maybe_record(self, w, result, batch)
+        staleness = self.server.version - w.base_version
+        self.server.push(w.index, result.grad, w.base_version)
+        self._record_update(w, staleness, result.loss, clock_at_start)
+        self._after_update()
+        if not self.done:
+            self._start(w)
+            self._release_waiting()
+
+    def _finish_sync_round(self) -> None:
+        first = min(self.barrier.received)
+        self.server.lr = self.ctx.schedule(self.epoch)
+        self.server.push(first, self.barrier.average(), self.workers[first].base_version)
+        for m in self.barrier.received:
+            self.stats.add_wait(m, self.now - self.workers[m].waiting_since)
+            self.workers[m].waiting_since = None
+        self._after_update()
+        if not self.done:
+            self._start_sync_round()
+
+    def _record_update(self, w: SimWorker, staleness: int, loss: float, clock: int) -> None:
+        self.stats.record(w.index, staleness)
+        self.metrics.write("update", version=self.server.version + (self.consistency.mode == "sync"),
+                           worker=w.index, staleness=staleness, loss=loss, time_s=self.now,
+                           epoch=self.epoch, clock=clock, clock_gap=w.start_clock_gap)
+
+    def _on_fail(self, w: SimWorker) -> None:
+        if not w.alive:
+            return
+        w.alive, w.generation, w.waiting_since = False, w.generation + 1, None
+        self._log_event("worker_failed", w.index)
+        if self.consistency.mode == "sync":
+            self.barrier.drop(w.index)
+            if self.barrier.complete:
+                self._finish_sync_round()
+        else:
+            self._release_waiting()
+
+    def _on_rejoin(self, w: SimWorker) -> None:
+        if w.alive:
+            return
+        live = self._live()
+        w.alive = True
+        w.clock = min((o.clock for o in live), default=w.clock)   # rejoin at the slowest live clock
+        self._log_event("worker_rejoined", w.index)
+        if self.consistency.mode == "sync":
+            if not self.barrier.expected:              # everyone was dead: start a fresh round
+                self._start_sync_round()
+            # otherwise it joins at the next round
+        else:
+            self._start(w)
+
+    def _log_event(self, what: str, worker: int) -> None:
+        record = {"event": what, "worker": worker, "time_s": self.now, "version": self.server.version}
+        self.events_log.append(record)
+        self.metrics.write("event", **record)
+
+    # ------------------------------------------------------------ progress
+
+    @property
+    def epoch(self) -> float:
+        return self.samples / len(self.ctx.data.train_y)
+
+    @property
+    def done(self) -> bool:
+        return self.diverged or self.samples >= self.target_samples or (
+            self.cfg.stop_after_updates and self.server.version >= self.cfg.stop_after_updates)
+
+    def _after_update(self) -> None:
+        if self.epoch + 1e-12 >= self.next_eval_epoch or self.done:
+            self._evaluate()
+        self.progress.update(self.epoch, self.loss_sum / max(1, self.loss_count) if self.loss_count else math.nan,
+                             self.last_error, self.server.version, self.stats)
+
+    def _evaluate(self) -> None:
+        error, test_loss = evaluate(self.flat, self.server.weights, self.server_buffers,
+                                    self.ctx.eval_x, self.ctx.eval_y)
+        train_loss = self.loss_sum / self.loss_count if self.loss_count else None
+        record = {"epoch": self.epoch, "version": self.server.version, "time_s": self.now,
+                  "wall_s": time.perf_counter() - self.wall_start, "test_error": error, "test_loss": test_loss,
+                  "train_loss": train_loss, "lr": self.server.lr}
+        self.metrics.write("eval", **{k: v for k, v in record.items() if k != "wall_s"})
+        self.metrics.write("staleness", version=self.server.version, **self.stats.summary())
+        self.metrics.flush()
+        self.evals.append(record)
+        self.last_error = error
+        self.loss_sum, self.loss_count = 0.0, 0
+        while self.next_eval_epoch <= self.epoch + 1e-12:
+            self.next_eval_epoch += self.cfg.eval_every
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> SimResult:
+        cfg = self.cfg
+        self.wall_start = time.perf_counter()
+        self.metrics = MetricsWriter(self.ctx.out / "metrics.jsonl")
+        self.progress = Progress(cfg.epochs, enabled=cfg.progress)
+        self._evaluate()                                   # error at epoch 0
+        for worker, at, rejoin in cfg.failures:
+            self._schedule(at, FAIL, worker)
+            if rejoin is not None:
+                self._schedule(rejoin, REJOIN, worker)
+        if self.consistency.mode == "sync":
+            self._start_sync_round()
+        else:
+            for w in self.workers:
+                self._start(w)
+        handlers = {FINISH: self._on_finish, FAIL: self._on_fail, REJOIN: self._on_rejoin}
+        while self.events and not self.done:
+            event = heapq.heappop(self.events)
+            w = self.workers[event.worker]
+            if event.kind == FINISH and (not w.alive or event.generation != w.generation):
+                continue                                   # the worker died while computing
+            self.now = event.time
+            handlers[event.kind](w)
+        if not self.done:
+            self._log_event("stopped_no_live_workers", -1)
+        if self.diverged:
+            self.last_error = 100.0 * (1 - 1 / self.ctx.data.num_classes)  # chance level
+            self.evals.append({**self.evals[-1], "version": self.server.version, "test_error": self.last_error})
+        if self.evals[-1]["version"] != self.server.version:
+            self._evaluate()
+        self.progress.update(self.epoch, self.evals[-1]["train_loss"] or math.nan, self.last_error,
+                             self.server.version, self.stats, force=True)
+        self.progress.close()
+        self.metrics.close()
+        summary = self._summary()
+        write_summary(self.ctx.out, summary)
+        return SimResult(summary, self.server.weights.clone(), self.server_buffers.clone())
+
+    def _summary(self) -> dict[str, Any]:
+        staleness = self.stats.summary()
+        return {
+            "final_test_error": self.last_error,
+            "eval_split": self.cfg.eval_split,
+            "diverged": self.diverged,
+            "updates": self.server.version,
+            "gradients": self.gradients,
+            "epochs_done": self.epoch,
+            "mean_staleness": staleness["overall"]["mean"],
+            "max_staleness": staleness["overall"]["max"],
+            "wall_time_s": time.perf_counter() - self.wall_start,
+            "sim_time_s": self.now,
+            "staleness": staleness,
+            "pushes_per_worker": staleness["pushes_per_worker"],
+            "refused_per_worker": self.server.refused.tolist(),
+            "worker_events": self.events_log,
+            "speeds": self.timing.speed,
+            "curve": [{k: r[k] for k in ("epoch", "time_s", "test_error")} for r in self.evals],
+            "backend": "sim",
+            "config": self.cfg.to_dict(),
+            "server_bytes_per_param": self.server.bytes_per_param(),
+        }
+
+
+def run_sim(cfg: TrainConfig, probe: Any = None) -> SimResult:
+    """Validate ``cfg``, load data, simulate, write metrics.jsonl and summary.json."""
+    return Simulator(prepare_run(cfg), probe=probe).run()
