@@ -20,8 +20,20 @@ from .rules import RULES
 EXIT_BAD_INPUT = 2
 
 
-class UsageError(ValueError):
-    """A malformed flag value (the parser reports it with exit status 2)."""
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (each carries one clear message); anything else is a bug."""
+    from .checkpoint import CheckpointError
+    from .consistency import ConsistencyError
+    from .data import DatasetError
+    from .models import ModelError
+    from .rules import RuleError
+    from .server import PushRejected, StateMismatch
+    from .sim import TraceError
+    return (ConfigError, CheckpointError, ConsistencyError, DatasetError, ModelError, RuleError, PushRejected,
+            StateMismatch, TraceError, OSError)
+
+
+INPUT_ERRORS = _input_errors()
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -92,7 +104,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="dc-asgd-a: one MeanSquare buffer per worker (Multiverso) instead of one global")
     h.add_argument("--backup-dtype", choices=("float32", "bfloat16"), default=S,
                    help="dtype of the per-worker weight backups on the server (default float32)")
-    h.add_argument("--lr-schedule", choices=SCHEDULES, default=S, help="(default constant)")
+    h.add_argument("--lr-schedule", choices=SCHEDULES, default=S, help=f"(default {d.lr_schedule})")
     h.add_argument("--lr-milestones", type=_floats, default=S, metavar="E1,E2",
                    help="step schedule: epochs where lr is multiplied by --lr-gamma (paper: 80,120)")
     h.add_argument("--lr-gamma", type=float, default=S, help="step schedule factor (default 0.1)")
@@ -198,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dcasgd: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as exc:   # every input problem is a ValueError subclass with a clear message
+    except INPUT_ERRORS as exc:
         print(f"dcasgd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -34,7 +34,7 @@ class TrainConfig:
     workers: int = 8
     dataset: str = "fashion-mnist"
     model: str = "mlp"
-    epochs: float = 3.0
+    epochs: float = 8.0
     batch_size: int = 128
     seed: int = 0
     out: str = "runs/latest"
@@ -43,7 +43,7 @@ class TrainConfig:
     eval_split: str = "test"           # "test" or "val": what eval lines and final error measure
     eval_every: float = 1.0            # epochs between evaluations
     # rule hyperparameters (names as in ServerCore)
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.0
     wd: float = 0.0
     lam: float = 0.04
@@ -53,7 +53,7 @@ class TrainConfig:
     per_worker_ms: bool = False
     backup_dtype: str = "float32"
     # learning-rate schedule
-    lr_schedule: str = "constant"
+    lr_schedule: str = "cosine"
     lr_milestones: tuple[float, ...] = ()
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0

@@ -80,8 +80,8 @@ class ServerCore:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise RuleError(f"lr must be a finite number > 0, got {value!r}")
+        if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+            raise RuleError(f"lr must be a finite number >= 0, got {value!r}")   # 0 at a cosine schedule's end
         self._lr = float(value)
 
     @property

@@ -1,0 +1,261 @@
+"""The Ray backend on a real local Ray (started once for this module, loopback only).
+
+Every run is the 4-class synthetic task with a small MLP and two workers, so a
+run takes seconds; chance error is 75%.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from dcasgd import ray_backend as rb  # noqa: E402
+from dcasgd.cli import main as cli_main  # noqa: E402
+from dcasgd.config import ConfigError, TrainConfig  # noqa: E402
+from dcasgd.server import PushRejected  # noqa: E402
+from dcasgd.sim import load_trace  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+CHANCE = 75.0
+SIM_SUMMARY_KEYS = {"final_test_error", "eval_split", "diverged", "updates", "gradients", "epochs_done",
+                    "mean_staleness", "max_staleness", "wall_time_s", "staleness", "pushes_per_worker",
+                    "refused_per_worker", "worker_events", "speeds", "curve", "backend", "config",
+                    "server_bytes_per_param", "command"}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():
+        ray.shutdown()
+    rb.init_local_ray(num_cpus=2, object_store_memory=300 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+def make_cfg(out: Path, **overrides) -> TrainConfig:
+    settings = dict(backend="ray", dataset="synthetic", model="mlp", rule="dc-asgd-a", consistency="async",
+                    workers=2, epochs=2.0, batch_size=32, lr=0.1, seed=0, progress=False, out=str(out))
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def updates_of(out: Path) -> list[dict]:
+    return [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "update"]
+
+
+@pytest.fixture(scope="module")
+def async_run(local_ray, tmp_path_factory):
+    out = tmp_path_factory.mktemp("async") / "run"
+    summary = rb.run_ray(make_cfg(out))
+    return summary, out
+
+
+# ---------------------------------------------------------------- local Ray
+
+
+def test_local_ray_is_bound_to_loopback(local_ray):
+    addresses = {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
+    assert addresses == {"127.0.0.1"}
+    options = rb.local_ray_options(num_params=10**6, data_bytes=10**8, num_workers=4)
+    assert options["_node_ip_address"] == "127.0.0.1" and options["include_dashboard"] is False
+    assert 256 * 1024**2 <= options["object_store_memory"]
+
+
+# ---------------------------------------------------------------- async
+
+
+def test_async_run_converges_with_real_staleness(async_run):
+    summary, out = async_run
+    assert summary["final_test_error"] < 30.0 < CHANCE
+    assert summary["max_staleness"] >= 1 and summary["mean_staleness"] > 0
+    assert summary["updates"] == summary["gradients"] == 128          # ceil(2 epochs * 2048) / 32, exactly
+    assert sum(summary["pushes_per_worker"]) == 128 and all(p > 0 for p in summary["pushes_per_worker"])
+    assert SIM_SUMMARY_KEYS <= set(summary) and "sim_time_s" not in summary
+    assert summary["backend"] == "ray" and summary["updates_per_s"] > 0
+    assert summary["refused_per_worker"] == [0, 0] and not summary["diverged"]
+    assert json.loads((out / "summary.json").read_text())["updates"] == 128
+
+
+def test_async_metrics_have_the_simulator_lines(async_run):
+    summary, out = async_run
+    records = read_jsonl(out / "metrics.jsonl")
+    assert {r["kind"] for r in records} >= {"update", "eval", "staleness"}
+    updates = [r for r in records if r["kind"] == "update"]
+    assert [r["version"] for r in updates] == list(range(1, 129))      # in the order the server applied them
+    for r in updates:
+        assert {"version", "worker", "staleness", "loss", "time_s", "epoch", "clock", "clock_gap"} <= set(r)
+        assert r["time_s"] >= 0 and math.isfinite(r["loss"])
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals[0]["version"] == 0 and evals[-1]["version"] == 128
+    assert evals[-1]["test_error"] == summary["final_test_error"]
+    assert [e["epoch"] for e in summary["curve"]] == [e["epoch"] for e in evals]
+
+
+def test_trace_records_real_staleness_and_replays_in_the_simulator(async_run):
+    _, out = async_run
+    trace = read_jsonl(out / "trace.jsonl")
+    assert len(trace) == 128
+    for r in trace:
+        assert set(r) == {"worker", "seq", "base_version", "version", "staleness", "t_pull", "t_push", "duration_s"}
+        assert r["staleness"] == r["version"] - 1 - r["base_version"] >= 0
+        assert r["duration_s"] > 0 and r["t_pull"] <= r["t_push"]
+    for m in (0, 1):
+        seqs = [r["seq"] for r in trace if r["worker"] == m]
+        assert seqs == list(range(1, len(seqs) + 1))
+    durations = load_trace(out / "trace.jsonl", 2)
+    assert [len(d) for d in durations] == [sum(r["worker"] == m for r in trace) for m in (0, 1)]
+
+
+# ---------------------------------------------------------------- sync and ssp
+
+
+def test_sync_through_the_cli_gives_equal_pushes(local_ray, tmp_path, capsys):
+    out = tmp_path / "sync"
+    status = cli_main(["train", "--backend", "ray", "--consistency", "sync", "--dataset", "synthetic",
+                       "--model", "mlp", "--workers", "2", "--servers", "2", "--epochs", "1", "--batch-size", "32",
+                       "--rule", "sgd", "--out", str(out), "--no-progress"])
+    assert status == 0 and "final test error" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pushes_per_worker"] == [32, 32]
+    assert summary["updates"] == 32 and summary["gradients"] == 64      # one averaged update per round
+    assert summary["max_staleness"] == 0
+    assert len(summary["shard_ranges"]) == 2
+    versions = [r["version"] for r in updates_of(out)]
+    assert versions == sorted(versions) and versions[-1] == 32
+
+
+def test_ssp_never_exceeds_its_clock_gap(local_ray, tmp_path):
+    out = tmp_path / "ssp"
+    summary = rb.run_ray(make_cfg(out, consistency="ssp:1", epochs=1.5))
+    updates = updates_of(out)
+    assert len(updates) == summary["updates"] == 96
+    assert max(r["clock_gap"] for r in updates) <= 1
+    assert summary["final_test_error"] < 30.0
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_killed_workers_are_reported_and_a_restarted_one_rejoins(local_ray, tmp_path):
+    killed = []
+
+    def chaos(run: rb.RayRun) -> None:
+        if run.version >= 30 and "w1" not in killed:            # for good
+            killed.append("w1")
+            ray.kill(run.actors.workers[1], no_restart=True)
+        if run.version >= 60 and "w0" not in killed:            # Ray restarts it (--worker-restarts 1)
+            killed.append("w0")
+            ray.kill(run.actors.workers[0], no_restart=False)
+
+    summary = rb.run_ray(make_cfg(tmp_path / "faults", epochs=2.5, worker_restarts=1), on_tick=chaos)
+    assert killed == ["w1", "w0"]
+    events = [(e["event"], e["worker"]) for e in summary["worker_events"]]
+    assert ("worker_failed", 1) in events and ("worker_failed", 0) in events and ("worker_rejoined", 0) in events
+    failed = next(e for e in summary["worker_events"] if e["event"] == "worker_failed" and e["worker"] == 1)
+    assert failed["version"] >= 30 and failed["time_s"] > 0
+    assert summary["updates"] == 160                                 # the survivors finish the job exactly
+    assert summary["final_test_error"] < 30.0
+    assert summary["pushes_per_worker"][0] > summary["pushes_per_worker"][1]
+
+
+def test_checkpoint_stop_resume_and_a_lost_server(local_ray, tmp_path):
+    out = tmp_path / "resumable"
+    # 1: stop after 40 updates (checkpoints at 20 and 40)
+    first = rb.run_ray(make_cfg(out, checkpoint_every=20, stop_after_updates=40))
+    assert first["updates"] == 40 and [c["version"] for c in first["checkpoints"]] == [20, 40]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["ckpt-000000020.pt", "ckpt-000000040.pt"]
+
+    # 2: resume, then the server dies some updates after the checkpoint at 60
+    def kill_server(run: rb.RayRun) -> None:
+        if run.version >= 66:
+            ray.kill(run.actors.shards[0])
+
+    with pytest.raises(rb.ServerLost):
+        rb.run_ray(make_cfg(out, checkpoint_every=20, resume=str(out)), on_tick=kill_server)
+    crashed = json.loads((out / "summary.json").read_text())
+    assert crashed["server_failed"] and crashed["last_checkpoint_version"] == 60
+    assert crashed["lost_updates"] == crashed["updates"] - 60 > 0
+
+    # 3: resume again: continues from 60, counts the lost updates, applies nothing twice
+    final = rb.run_ray(make_cfg(out, checkpoint_every=20, resume=str(out)))
+    assert final["resumed_from"]["version"] == 60
+    assert final["lost_updates"] == crashed["lost_updates"]
+    assert final["updates"] == 128 and final["epochs_done"] == 2.0
+    assert final["final_test_error"] < 30.0
+
+    # the log: each segment strictly increasing, each resumed segment continuing from its checkpoint
+    segments, current = [], []
+    for r in read_jsonl(out / "metrics.jsonl"):
+        if r["kind"] == "event" and r["event"] == "resumed":
+            segments.append(current)
+            current = [r["version"]]
+        elif r["kind"] == "update":
+            current.append(r["version"])
+    segments.append(current)
+    assert len(segments) == 3
+    assert segments[0] == list(range(1, 41))
+    assert segments[1][0] == 40 and segments[1][1:] == list(range(41, crashed["updates"] + 1))
+    assert segments[2] == [60] + list(range(61, 129))
+    assert len(segments[2]) - 1 == final["updates"] - 60
+
+
+def test_resume_refuses_a_different_setup(local_ray, tmp_path):
+    out = tmp_path / "r"
+    rb.run_ray(make_cfg(out, checkpoint_every=10, stop_after_updates=10, epochs=0.5))
+    with pytest.raises(ValueError, match="workers"):
+        rb.run_ray(make_cfg(tmp_path / "r2", workers=3, resume=str(out)))
+
+
+# ---------------------------------------------------------------- the server shard itself
+
+
+def test_a_duplicate_push_is_applied_once(local_ray):
+    weights = np.ones(1000, dtype=np.float32)
+    shard = ray.remote(rb.ServerShard).remote(weights, "sgd", 2, 0.5)
+    try:
+        _, version, _ = ray.get(shard.pull.remote(0))
+        grad = np.full(1000, 2.0, dtype=np.float32)
+        ref = ray.put(grad)
+        assert ray.get(shard.push.remote(0, 1, version, ref, 32)) == 1
+        assert ray.get(shard.push.remote(0, 1, version, ref, 32)) == 1        # the retry: same answer
+        assert ray.get(shard.push.remote(1, 1, version, ref, 32)) == 2        # another worker's seq 1
+        assert ray.get(shard.push.remote(0, 1, version, ref, 32)) == 1        # still the version it made
+        w, version, _ = ray.get(shard.weights.remote())[:3]
+        assert version == 2
+        np.testing.assert_allclose(w, 1.0 - 2 * 0.5 * 2.0)                  # two updates, not three
+        info = ray.get(shard.info.remote())
+        assert info["counters"]["pushes"] == [1, 1] and info["last_seq"] == [1, 1]
+        bad = np.full(1000, np.nan, dtype=np.float32)
+        with pytest.raises(PushRejected, match="NaN"):
+            ray.get(shard.push.remote(0, 2, version, bad, 32))
+        assert ray.get(shard.info.remote())["counters"]["refused"] == [1, 0]
+        assert ray.get(shard.push.remote(0, 2, version, ref, 32)) == 3        # a refused seq may be sent again
+    finally:
+        ray.kill(shard)
+
+
+def test_a_non_finite_gradient_is_refused_and_marks_divergence(local_ray, tmp_path):
+    summary = rb.run_ray(make_cfg(tmp_path / "boom", rule="sgd", lr=1e12, epochs=1.0))
+    assert summary["diverged"] is True
+    assert sum(summary["refused_per_worker"]) >= 1
+    assert summary["final_test_error"] == CHANCE
+    assert summary["updates"] < 64
+
+
+def test_cuda_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="cuda"):
+        rb.run_ray(make_cfg(tmp_path / "gpu", device="cuda"))
