@@ -28,7 +28,7 @@ CHANCE = 75.0
 SIM_SUMMARY_KEYS = {"final_test_error", "eval_split", "diverged", "updates", "gradients", "epochs_done",
                     "mean_staleness", "max_staleness", "wall_time_s", "staleness", "pushes_per_worker",
                     "refused_per_worker", "worker_events", "speeds", "curve", "backend", "config",
-                    "server_bytes_per_param", "command"}
+                    "server_bytes_per_param"}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,8 @@ def test_async_run_converges_with_real_staleness(async_run):
     assert SIM_SUMMARY_KEYS <= set(summary) and "sim_time_s" not in summary
     assert summary["backend"] == "ray" and summary["updates_per_s"] > 0
     assert summary["refused_per_worker"] == [0, 0] and not summary["diverged"]
-    assert json.loads((out / "summary.json").read_text())["updates"] == 128
+    written = json.loads((out / "summary.json").read_text())
+    assert written["updates"] == 128 and SIM_SUMMARY_KEYS | {"command"} <= set(written)
 
 
 def test_async_metrics_have_the_simulator_lines(async_run):
@@ -179,18 +180,19 @@ def test_checkpoint_stop_resume_and_a_lost_server(local_ray, tmp_path):
 
     # 2: resume, then the server dies some updates after the checkpoint at 60
     def kill_server(run: rb.RayRun) -> None:
-        if run.version >= 66:
+        if run.version >= 66 and run.actors is not None:
             ray.kill(run.actors.shards[0])
 
     with pytest.raises(rb.ServerLost):
-        rb.run_ray(make_cfg(out, checkpoint_every=20, resume=str(out)), on_tick=kill_server)
+        rb.run_ray(make_cfg(out, checkpoint_every=30, resume=str(out)), on_tick=kill_server)
     crashed = json.loads((out / "summary.json").read_text())
-    assert crashed["server_failed"] and crashed["last_checkpoint_version"] == 60
-    assert crashed["lost_updates"] == crashed["updates"] - 60 > 0
+    ckpt = crashed["last_checkpoint_version"]
+    assert crashed["server_failed"] and ckpt in (60, 90)
+    assert crashed["lost_updates"] == crashed["updates"] - ckpt > 0
 
-    # 3: resume again: continues from 60, counts the lost updates, applies nothing twice
-    final = rb.run_ray(make_cfg(out, checkpoint_every=20, resume=str(out)))
-    assert final["resumed_from"]["version"] == 60
+    # 3: resume again: continues from the last checkpoint, counts the lost updates, applies nothing twice
+    final = rb.run_ray(make_cfg(out, checkpoint_every=30, resume=str(out)))
+    assert final["resumed_from"]["version"] == ckpt
     assert final["lost_updates"] == crashed["lost_updates"]
     assert final["updates"] == 128 and final["epochs_done"] == 2.0
     assert final["final_test_error"] < 30.0
@@ -206,16 +208,13 @@ def test_checkpoint_stop_resume_and_a_lost_server(local_ray, tmp_path):
     segments.append(current)
     assert len(segments) == 3
     assert segments[0] == list(range(1, 41))
-    assert segments[1][0] == 40 and segments[1][1:] == list(range(41, crashed["updates"] + 1))
-    assert segments[2] == [60] + list(range(61, 129))
-    assert len(segments[2]) - 1 == final["updates"] - 60
+    assert segments[1] == [40] + list(range(41, crashed["updates"] + 1))
+    assert segments[2] == [ckpt] + list(range(ckpt + 1, 129))
+    assert len(segments[2]) - 1 == final["updates"] - ckpt
 
-
-def test_resume_refuses_a_different_setup(local_ray, tmp_path):
-    out = tmp_path / "r"
-    rb.run_ray(make_cfg(out, checkpoint_every=10, stop_after_updates=10, epochs=0.5))
+    # a checkpoint only resumes the setup that wrote it
     with pytest.raises(ValueError, match="workers"):
-        rb.run_ray(make_cfg(tmp_path / "r2", workers=3, resume=str(out)))
+        rb.run_ray(make_cfg(tmp_path / "other", workers=3, resume=str(out)))
 
 
 # ---------------------------------------------------------------- the server shard itself

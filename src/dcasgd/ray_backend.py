@@ -76,6 +76,7 @@ SERVER_RESOURCE = "dcasgd_server"     # custom resource that pins server actors 
 WORKER_RESOURCE = "dcasgd_worker"     # custom resource that pins worker actors
 PUSH_TIMEOUT_S = 120.0                # a push unanswered this long is retried (same seq: applied once)
 PUSH_RETRIES = 3
+RESTART_WAIT_S = 120.0                # how long a restarting worker may take before it counts as dead
 MIN_LR = 1e-12                        # a schedule value of 0 (warm-up start, cosine end) applies as ~0
 
 __all__ = ["run_ray", "RayRun", "ServerShard", "Coordinator", "RayWorker", "RayBackendError", "ServerLost",
@@ -347,10 +348,16 @@ class Coordinator:
     """Worker clocks, consistency waits, grants, stop and checkpoint pauses (an asyncio actor).
 
     Grants: a worker gets its next gradient only while the samples and
-    updates granted so far are below the targets; a worker that died releases
-    its grant.  So the run applies exactly the gradients the targets ask for,
-    and a worker asked to stop has nothing in flight.  ``ssp:S`` and ``sync``
-    waits and checkpoint pauses await one asyncio.Condition.
+    updates granted so far are below the targets; a worker that died before
+    its gradient reached shard 0 releases its grant.  So the run applies
+    exactly the gradients the targets ask for, and a worker asked to stop has
+    nothing in flight.  ``ssp:S`` and ``sync`` waits and checkpoint pauses
+    await one asyncio.Condition.
+
+    Two marks per granted gradient: *unapplied* until shard 0 has applied it
+    (:meth:`applied`, called in shard 0's process: counts samples, updates and
+    the worker's clock) and *in flight* until the worker reports that every
+    shard has it (:meth:`next`: ends sync rounds, lets a checkpoint start).
     """
 
     def __init__(self, num_workers: int, consistency: str, target_samples: int, stop_after_updates: int = 0,
@@ -370,7 +377,8 @@ class Coordinator:
         self.live = set(range(num_workers))
         self.finished: set[int] = set()
         self.generation = [0] * num_workers
-        self.outstanding: list[int | None] = [None] * num_workers   # samples of the gradient in flight
+        self.inflight: list[int | None] = [None] * num_workers     # samples of a gradient not yet on all shards
+        self.unapplied: list[int | None] = [None] * num_workers    # ... not yet applied by shard 0
         self.pending_n = [0] * num_workers
         self.stop_reason: str | None = None
         self.diverged = False
@@ -398,7 +406,7 @@ class Coordinator:
         async with self.cond:
             self.generation[worker] += 1
             self.finished.discard(worker)
-            self.outstanding[worker] = None
+            self._release(worker)
             if worker not in self.live:
                 others = [self.clock[o] for o in self.live]
                 self.live.add(worker)
@@ -436,21 +444,40 @@ class Coordinator:
                     return vars(grant)
                 await self.cond.wait()
 
-    def _report(self, worker: int, report: dict[str, Any]) -> None:
-        n = self.outstanding[worker]
+    async def applied(self, worker: int) -> None:
+        """Shard 0 applied worker's granted gradient (called from shard 0's push, same process)."""
+        async with self.cond:
+            self._count_applied(worker)
+            self.cond.notify_all()
+
+    def _count_applied(self, worker: int) -> None:
+        n = self.unapplied[worker]
         if n is None:
             return
-        self.outstanding[worker] = None
-        if report.get("applied"):
-            self.clock[worker] += 1
-            self.applied_samples += n
-            if not self.sync:
-                self.applied_updates += 1
-        else:
-            self.refused[worker] += 1
+        self.unapplied[worker] = None
+        self.clock[worker] += 1
+        self.applied_samples += n
+        if not self.sync:
+            self.applied_updates += 1
+
+    def _release(self, worker: int) -> None:
+        """Forget worker's grant; one that never reached shard 0 is given back."""
+        n = self.unapplied[worker]
+        if n is not None:
             self.granted_samples -= n
             if not self.sync:
                 self.granted_updates -= 1
+        self.unapplied[worker] = self.inflight[worker] = None
+
+    def _report(self, worker: int, report: dict[str, Any]) -> None:
+        if self.inflight[worker] is None:
+            return
+        if report.get("applied"):
+            self._count_applied(worker)          # (already counted when shard 0 told us)
+            self.inflight[worker] = None
+        else:
+            self._release(worker)
+            self.refused[worker] += 1
             if report.get("nonfinite"):
                 self.diverged = True
                 self.stop_reason = self.stop_reason or "diverged"
@@ -493,7 +520,7 @@ class Coordinator:
         n = self.pending_n[worker]
         self.granted_updates += 1
         self.granted_samples += n
-        self.outstanding[worker] = n
+        self.inflight[worker] = self.unapplied[worker] = n
         return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks))
 
     def _decide_sync(self, worker: int) -> _Grant | None:
@@ -515,7 +542,7 @@ class Coordinator:
     def _grant_round(self, worker: int) -> _Grant:
         self.last_round[worker] = self.round_id
         self.waiting.discard(worker)
-        self.outstanding[worker] = self.pending_n[worker]
+        self.inflight[worker] = self.unapplied[worker] = self.pending_n[worker]
         live_clocks = [self.clock[o] for o in self.live]
         return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks),
                       members=sorted(self.members))
@@ -523,7 +550,7 @@ class Coordinator:
     def _check_checkpoint(self) -> None:
         if self.ckpt_ready or not self.ckpt_every or not self._paused():
             return
-        quiet = (not self.round_active) if self.sync else all(o is None for o in self.outstanding)
+        quiet = (not self.round_active) if self.sync else all(n is None for n in self.inflight)
         if quiet:
             self.ckpt_ready = True
             self._attention.set()
@@ -536,18 +563,17 @@ class Coordinator:
 
     # ------------------------------------------------------------ driver calls
 
-    async def worker_failed(self, worker: int) -> None:
-        """The driver saw worker die: release its grant, stop waiting for it."""
+    async def worker_failed(self, worker: int) -> bool:
+        """The driver saw worker die: release its grant, stop waiting for it.
+
+        Returns whether it was live (False: it died again before rejoining).
+        """
         async with self.cond:
+            was_live = worker in self.live
             self.generation[worker] += 1
             self.live.discard(worker)
             self.waiting.discard(worker)
-            n = self.outstanding[worker]
-            if n is not None:
-                self.outstanding[worker] = None
-                self.granted_samples -= n
-                if not self.sync:
-                    self.granted_updates -= 1
+            self._release(worker)
             if self.sync and self.round_active and worker in self.members and worker not in self.reported:
                 self.members.discard(worker)
                 if not self.members:
@@ -556,6 +582,7 @@ class Coordinator:
                 self._maybe_end_round()
             self._check_checkpoint()
             self.cond.notify_all()
+            return was_live
 
     async def wait_event(self, timeout: float) -> dict[str, Any]:
         """Return the status when something needs the driver, or after ``timeout`` seconds."""
@@ -611,8 +638,12 @@ class LeadServer:
     def weights(self):
         return self.shard.weights()
 
-    def push(self, *args: Any, **kwargs: Any) -> int:
-        return self.shard.push(*args, **kwargs)
+    async def push(self, worker: int, seq: int, *args: Any, **kwargs: Any) -> int:
+        before = self.shard.last_seq[worker] if isinstance(worker, int) and 0 <= worker < self.shard.num_workers else 0
+        version = self.shard.push(worker, seq, *args, **kwargs)      # plain code: atomic on the event loop
+        if seq > before:                                             # applied now, not a retry
+            await self.coordinator.applied(worker)
+        return version
 
     def join(self, worker: int) -> int:
         return self.shard.join(worker)
@@ -643,8 +674,8 @@ class LeadServer:
                    num_samples: int) -> dict[str, Any]:
         return await self.coordinator.next(worker, generation, report, num_samples)
 
-    async def worker_failed(self, worker: int) -> None:
-        await self.coordinator.worker_failed(worker)
+    async def worker_failed(self, worker: int) -> bool:
+        return await self.coordinator.worker_failed(worker)
 
     async def wait_event(self, timeout: float) -> dict[str, Any]:
         return await self.coordinator.wait_event(timeout)
@@ -931,6 +962,7 @@ class RayRun:
             m, cfg, x_ref, y_ref, ctx.data.num_classes, shards, self.ranges, coordinator)
             for m in range(cfg.workers)]
         self.actors = _Actors(shards, coordinator, workers)
+        self._keep = (init_ref, x_ref, y_ref)     # constructor arguments a restarted worker needs again
         try:
             infos = ray.get([s.info.remote() for s in shards], timeout=600)
             self.placement = {"servers": [i["node_id"] for i in infos],
@@ -1039,8 +1071,14 @@ class RayRun:
         a = self.actors
         self.loop_start = time.perf_counter()
         self.pending = {w.run.remote(): m for m, w in enumerate(a.workers)}
+        self.restarting: dict[int, float] = {}          # worker -> when its restart was asked for
+        self.resubmit_at: dict[int, float] = {}         # worker -> when to call run() again
         event_ref = a.coordinator.wait_event.remote(self.tick_s)
-        while self.pending:
+        while self.pending or self.resubmit_at:
+            for m, at in list(self.resubmit_at.items()):
+                if time.time() >= at:
+                    del self.resubmit_at[m]
+                    self.pending[a.workers[m].run.remote()] = m
             ready, _ = ray.wait([*self.pending, event_ref], num_returns=1, timeout=5.0)
             status = None
             if event_ref in ready:
@@ -1072,6 +1110,8 @@ class RayRun:
     def _on_status(self, status: dict[str, Any]) -> None:
         self.status = status
         for record in status["events"]:
+            if record["event"] == "worker_rejoined":
+                self.restarting.pop(record["worker"], None)
             self._log_event(record["event"], record["worker"], time_s=record["t"] - self.t0, version=self.version)
         self.diverged = self.diverged or status["diverged"]
         self.stop_reason = status["stop_reason"]
@@ -1088,14 +1128,20 @@ class RayRun:
             if self._server_dead():
                 raise ServerLost("a server shard died while workers were pushing") from None
             raise RayBackendError(f"worker {m} failed: {exc}") from None
-        except ray.exceptions.RayActorError:                  # the worker process died
-            pass
-        self._log_event("worker_failed", m)
+        except ray.exceptions.RayActorError as exc:           # the worker process died
+            since = self.restarting.get(m)
+            if (since is not None and isinstance(exc, ray.exceptions.ActorUnavailableError)
+                    and time.time() - since < RESTART_WAIT_S):
+                self.resubmit_at[m] = time.time() + 0.2     # still restarting: call run() again shortly
+                return
+        self.restarting.pop(m, None)
         a = self.actors
-        self._server_call_all([s.drop_worker.remote(m) for s in a.shards])
-        self._server_call(a.coordinator.worker_failed.remote(m))
+        self._server_call_all([s.drop_worker.remote(m) for s in a.shards])   # shards first: sync rounds
+        if self._server_call(a.coordinator.worker_failed.remote(m)):          # (not: a restart that failed)
+            self._log_event("worker_failed", m)
         if self.restarts[m] < self.cfg.worker_restarts:       # Ray restarts the process; run it again
             self.restarts[m] += 1
+            self.restarting[m] = time.time()
             self.pending[a.workers[m].run.remote()] = m
 
     def _server_call_all(self, refs: list[Any]) -> list[Any]:

@@ -42,6 +42,8 @@ from typing import Callable
 
 import torch
 
+from . import kernels
+
 RULES = ("sgd", "staleness", "dc-asgd-c", "dc-asgd-a")
 
 # Paper defaults (Zheng et al. 2017, Section 6).
@@ -98,8 +100,17 @@ class Rule:
 
     def apply_(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
                staleness: int, lr: float, state: State, worker: int = 0) -> None:
-        """Update ``w`` (and ``state``) in place with gradient ``g``."""
+        """Update ``w`` (and ``state``) in place with gradient ``g``.
+
+        Large vectors go through one fused kernel (:mod:`dcasgd.kernels`);
+        the eager in-place chain below is the same maths op by op.
+        """
         step_lr = lr / max(1, staleness) if self.name == "staleness" else lr
+        if self.needs_backup and backup is None:
+            raise RuleError(f"rule {self.name} needs the pushing worker's backup weights")
+        if self._apply_fused(w, g, backup, step_lr, state, worker):
+            state["step"] += 1
+            return
         direction = g
         if self.needs_backup:
             direction = self._compensate(w, g, backup, state, worker)
@@ -116,6 +127,18 @@ class Rule:
             direction = buf
         w.add_(direction, alpha=-step_lr)
         state["step"] += 1
+
+    def _apply_fused(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
+                     step_lr: float, state: State, worker: int) -> bool:
+        """The whole update as one kernel; False (nothing touched) where none applies."""
+        if not kernels.use_fused(w.numel()):
+            return False
+        family = self.name if self.needs_backup else "sgd"
+        ms = state["mean_square"][worker if self.per_worker_ms else 0] if self.name == "dc-asgd-a" else None
+        coef = self.lam0 if self.name == "dc-asgd-a" else self.lam
+        return kernels.fused_update(family, w, g, backup, ms, state.get("momentum_buffer"), lr=step_lr,
+                                    wd=self.wd, coef=coef, m=self.m, eps=self.eps, momentum=self.momentum,
+                                    first=int(state["step"]) == 0)
 
     def _compensate(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
                     state: State, worker: int) -> torch.Tensor:

@@ -174,6 +174,7 @@ class Simulator:
         self.evals: list[dict[str, Any]] = []
         self.events_log: list[dict[str, Any]] = []
         self.diverged = False
+        self.eval_wall_s = 0.0                # wall seconds spent evaluating (not training)
 
     # ------------------------------------------------------------ schedule
 
@@ -317,8 +318,10 @@ class Simulator:
                              self.last_error, self.server.version, self.stats)
 
     def _evaluate(self) -> None:
+        started = time.perf_counter()
         error, test_loss = evaluate(self.flat, self.server.weights, self.server_buffers,
                                     self.ctx.eval_x, self.ctx.eval_y)
+        self.eval_wall_s += time.perf_counter() - started
         train_loss = self.loss_sum / self.loss_count if self.loss_count else None
         record = {"epoch": self.epoch, "version": self.server.version, "time_s": self.now,
                   "wall_s": time.perf_counter() - self.wall_start, "test_error": error, "test_loss": test_loss,
@@ -384,6 +387,7 @@ class Simulator:
             "mean_staleness": staleness["overall"]["mean"],
             "max_staleness": staleness["overall"]["max"],
             "wall_time_s": time.perf_counter() - self.wall_start,
+            "eval_wall_s": self.eval_wall_s,
             "sim_time_s": self.now,
             "staleness": staleness,
             "pushes_per_worker": staleness["pushes_per_worker"],

@@ -1,0 +1,291 @@
+"""``dcasgd compare`` and ``dcasgd report``: the paper's comparison as a resumable grid.
+
+compare runs, under ``OUT/``:
+
+1. ``lr/<method>-M<M>-lr<lr>``: learning-rate selection as the paper did
+   (grid search) but on a validation split held out from the training set
+   (``val_size`` samples, default 5000), first seed only; the lr with the
+   lowest final validation error wins for each (method, M);
+2. ``final/<method>-M<M>-s<seed>``: every (method, M, seed) at its chosen lr,
+   same held-out split, measured on the test set;
+3. ``lambda/lam0-<v>``: DC-ASGD-a at M=8 over ``lam0_grid`` (test set, first
+   seed), the analog of the paper's supplementary Figure 5.
+
+A run whose ``summary.json`` exists is skipped, so an interrupted compare
+resumes.  ``OUT/compare.json`` records the grid, the chosen learning rates,
+the command line and the git commit.  The methods:
+
+============  =====================  =========================
+method        rule                   consistency
+============  =====================  =========================
+sequential    sgd (M = 1 only)       async
+ssgd          sgd                    sync
+asgd          sgd                    async
+ssp           sgd                    ssp:S (``ssp_bound``)
+staleness     staleness              async
+dc-asgd-c     dc-asgd-c              async
+dc-asgd-a     dc-asgd-a              async
+============  =====================  =========================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig
+from .run import atomic_write_text
+
+METHODS = ("sequential", "ssgd", "asgd", "ssp", "staleness", "dc-asgd-c", "dc-asgd-a")
+DEFAULT_GRID = {"methods": list(METHODS), "workers": [1, 4, 8, 16, 32], "seeds": [0, 1, 2],
+                "lr_grid": [0.05, 0.1, 0.2], "ssp_bound": 2, "val_size": 5000,
+                "lam0_grid": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]}
+
+
+def method_settings(method: str, ssp_bound: int) -> dict[str, str]:
+    """(rule, consistency) of a method name."""
+    table = {"sequential": ("sgd", "async"), "ssgd": ("sgd", "sync"), "asgd": ("sgd", "async"),
+             "ssp": ("sgd", f"ssp:{ssp_bound}"), "staleness": ("staleness", "async"),
+             "dc-asgd-c": ("dc-asgd-c", "async"), "dc-asgd-a": ("dc-asgd-a", "async")}
+    if method not in table:
+        raise ConfigError(f"method: unknown value {method!r}; allowed: {', '.join(METHODS)}")
+    rule, consistency = table[method]
+    return {"rule": rule, "consistency": consistency}
+
+
+def method_of(config: dict[str, Any]) -> str:
+    """The method name a run's configuration stands for (inverse of :func:`method_settings`)."""
+    rule, consistency, workers = config["rule"], config["consistency"], config["workers"]
+    if workers == 1 and rule == "sgd":
+        return "sequential"
+    if rule in ("staleness", "dc-asgd-c", "dc-asgd-a"):
+        return rule
+    if consistency == "sync":
+        return "ssgd"
+    return "ssp" if consistency.startswith("ssp") else "asgd"
+
+
+@dataclass(frozen=True)
+class Job:
+    phase: str            # "lr", "final" or "lambda"
+    method: str
+    workers: int
+    seed: int
+    lr: float
+    out: Path
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def config(self, base: TrainConfig, grid: dict[str, Any]) -> TrainConfig:
+        fields = dict(method_settings(self.method, grid["ssp_bound"]), workers=self.workers, seed=self.seed,
+                      lr=self.lr, out=str(self.out), val_size=grid["val_size"], progress=False,
+                      eval_split="val" if self.phase == "lr" else "test")
+        fields.update(dict(self.extra))
+        return replace(base, **fields).validate()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def plan(base: TrainConfig, grid: dict[str, Any], out: Path, chosen: dict[tuple[str, int], float]) -> list[Job]:
+    """Jobs of one phase: lr selection while ``chosen`` lacks entries, then final and lambda runs."""
+    pairs = [(m, w) for m in grid["methods"] for w in grid["workers"] if (m == "sequential") == (w == 1)]
+    missing = [(m, w) for m, w in pairs if (m, w) not in chosen]
+    if missing:
+        return [Job("lr", m, w, grid["seeds"][0], lr, out / "lr" / f"{m}-M{w}-lr{_fmt(lr)}")
+                for m, w in missing for lr in grid["lr_grid"]]
+    jobs = [Job("final", m, w, seed, chosen[(m, w)], out / "final" / f"{m}-M{w}-s{seed}")
+            for m, w in pairs for seed in grid["seeds"]]
+    if "dc-asgd-a" in grid["methods"] and 8 in grid["workers"] and grid.get("lam0_grid"):
+        jobs += [Job("lambda", "dc-asgd-a", 8, grid["seeds"][0], chosen[("dc-asgd-a", 8)],
+                     out / "lambda" / f"lam0-{_fmt(v)}", (("lam0", v),)) for v in grid["lam0_grid"]]
+    return jobs
+
+
+def choose_learning_rates(out: Path, grid: dict[str, Any]) -> dict[tuple[str, int], float]:
+    """Best lr per (method, M) by final validation error among finished lr-phase runs."""
+    best: dict[tuple[str, int], tuple[float, float]] = {}
+    for m in grid["methods"]:
+        for w in grid["workers"]:
+            if (m == "sequential") != (w == 1):
+                continue
+            results = []
+            for lr in grid["lr_grid"]:
+                summary = read_summary(out / "lr" / f"{m}-M{w}-lr{_fmt(lr)}")
+                if summary is None:
+                    break
+                results.append((summary["final_test_error"], lr))
+            else:
+                if results:
+                    best[(m, w)] = min(results)          # ties go to the smaller lr
+    return {k: lr for k, (_, lr) in best.items()}
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def _run_job(cfg: TrainConfig, threads: int) -> dict[str, Any]:
+    """Entry point in a pool process: one training run."""
+    import torch
+    torch.set_num_threads(threads)
+    if cfg.backend == "ray":
+        from .ray_backend import run_ray
+        return run_ray(cfg)
+    from .sim import run_sim
+    return run_sim(cfg).summary
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10, cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class GridProgress:
+    """One line per finished run: [done/total] elapsed, ETA, what finished."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def finished(self, job: Job, summary: dict[str, Any] | None, skipped: bool = False) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * (self.total - self.done) if not skipped else 0.0
+        what = "skipped (done before)" if skipped else f"error {summary['final_test_error']:.2f}%"
+        print(f"[{self.done}/{self.total}] {elapsed:6.0f}s eta {eta:5.0f}s  {job.phase:6s} {job.method:10s} "
+              f"M={job.workers:<3d} seed={job.seed} lr={_fmt(job.lr)}{dict(job.extra) or ''}: {what}", flush=True)
+
+
+def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], n_jobs: int) -> None:
+    todo = [j for j in jobs if read_summary(j.out) is None]
+    progress = GridProgress(len(jobs))
+    for job in jobs:
+        if job not in todo:
+            progress.finished(job, None, skipped=True)
+    if not todo:
+        return
+    configs = {job: job.config(base, grid) for job in todo}
+    threads = 1 if n_jobs > 1 else max(1, os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+        pending = {pool.submit(_run_job, configs[job], threads): job for job in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                progress.finished(job, future.result())
+
+
+def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int) -> dict[str, Any]:
+    """Run all phases; returns what compare.json records."""
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = choose_learning_rates(out, grid)
+    if len(grid["lr_grid"]) == 1:
+        chosen = {(m, w): grid["lr_grid"][0] for m in grid["methods"] for w in grid["workers"]
+                  if (m == "sequential") == (w == 1)}
+    for _ in range(2):                       # phase 1 (if needed), then phases 2 and 3
+        jobs = plan(base, grid, out, chosen)
+        run_jobs(jobs, base, grid, n_jobs)
+        if jobs and jobs[0].phase == "lr":
+            chosen = choose_learning_rates(out, grid)
+            continue
+        break
+    record = {"grid": grid, "chosen_lr": {f"{m}@M{w}": lr for (m, w), lr in sorted(chosen.items())},
+              "command": "dcasgd " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
+              "base_config": base.to_dict()}
+    atomic_write_text(out / "compare.json", json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# ---------------------------------------------------------------- CLI glue
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _methods(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .cli import config_from_args
+    from .presets import load_preset_grid
+    grid = dict(DEFAULT_GRID)
+    source = getattr(args, "preset", None) or getattr(args, "config", None)
+    if source:
+        grid.update(load_preset_grid(source))
+    for key in ("methods", "workers", "seeds", "lr_grid", "lam0_grid", "ssp_bound"):
+        value = getattr(args, f"grid_{key}", None)
+        if value is not None:
+            grid[key] = value
+    if getattr(args, "val_size", None) is not None:
+        grid["val_size"] = args.val_size
+    for m in grid["methods"]:
+        method_settings(m, grid["ssp_bound"])
+    if grid["val_size"] < 1:
+        raise ConfigError("compare needs val_size >= 1: learning rates are chosen on a validation split")
+    flags = argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                  if not k.startswith("grid_") and k not in ("jobs", "run_out")})
+    base = config_from_args(flags)
+    if args.jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {args.jobs}")
+    record = compare(base, grid, Path(args.run_out), args.jobs)
+    print(f"compare finished: {Path(args.run_out)}/ (chosen learning rates: {record['chosen_lr']}); "
+          f"next: dcasgd report {args.run_out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    written = write_report(Path(args.run_dir), Path(args.to) if args.to else None)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_train_flags
+    p = sub.add_parser("compare", help="run the paper's comparison grid (resumable)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_out", metavar="OUT", help="directory for the grid's run directories")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets one thread when > 1)")
+    p.add_argument("--methods", dest="grid_methods", type=_methods, default=None,
+                   help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--workers-grid", dest="grid_workers", type=_ints, default=None, metavar="M1,M2",
+                   help="worker counts (default 1,4,8,16,32 or the preset's)")
+    p.add_argument("--seeds", dest="grid_seeds", type=_ints, default=None, help="seeds (default 0,1,2)")
+    p.add_argument("--lr-grid", dest="grid_lr_grid", type=_float_list, default=None,
+                   help="learning rates searched on the validation split")
+    p.add_argument("--lam0-grid", dest="grid_lam0_grid", type=_float_list, default=None,
+                   help="lam0 values for the DC-ASGD-a M=8 sweep (lambda.png)")
+    p.add_argument("--ssp-bound", dest="grid_ssp_bound", type=int, default=None, help="S of the ssp method")
+    add_train_flags(p)
+    p.set_defaults(func=cmd_compare)
+    r = sub.add_parser("report", help="tables and plots from a compare directory")
+    r.add_argument("run_dir", metavar="DIR", help="a directory written by dcasgd compare")
+    r.add_argument("--to", default=None, help="where to write (default: DIR)")
+    r.set_defaults(func=cmd_report)

@@ -1,0 +1,74 @@
+"""compare + report on a tiny grid: every output file, and the table equals the runs' summaries."""
+
+import csv
+import json
+import statistics
+
+import pytest
+
+from dcasgd.cli import main
+from dcasgd.experiment import method_of, method_settings
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    args = ["compare", str(out), "--dataset", "synthetic", "--methods", "asgd,dc-asgd-a", "--workers-grid", "4,8",
+            "--seeds", "0,1", "--lr-grid", "0.05,0.2", "--lam0-grid", "1,4", "--val-size", "256", "--epochs", "1",
+            "--batch-size", "32", "--jobs", "2"]
+    assert main(args) == 0
+    assert main(["report", str(out)]) == 0
+    return out
+
+
+def test_grid_runs_and_learning_rates_chosen_on_validation(study):
+    meta = json.loads((study / "compare.json").read_text())
+    assert set(meta["chosen_lr"]) == {"asgd@M4", "asgd@M8", "dc-asgd-a@M4", "dc-asgd-a@M8"}
+    for key, lr in meta["chosen_lr"].items():
+        method, m = key.split("@M")
+        val = {x: json.loads((study / "lr" / f"{method}-M{m}-lr{x:g}" / "summary.json").read_text())
+               for x in (0.05, 0.2)}
+        assert all(s["eval_split"] == "val" for s in val.values())
+        assert lr == min(val, key=lambda x: (val[x]["final_test_error"], x))
+    finals = sorted(p.name for p in (study / "final").iterdir())
+    assert finals == sorted(f"{m}-M{w}-s{s}" for m in ("asgd", "dc-asgd-a") for w in (4, 8) for s in (0, 1))
+    assert sorted(p.name for p in (study / "lambda").iterdir()) == ["lam0-1", "lam0-4"]
+
+
+def test_every_output_file_is_written(study):
+    for name in ("table.md", "table.csv", "findings.md", "curves.png", "staleness.png", "lambda.png",
+                 "stability.png"):
+        path = study / name
+        assert path.exists() and path.stat().st_size > 0, name
+    for png in study.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_numbers_equal_the_runs_summaries(study):
+    rows = list(csv.DictReader(open(study / "table.csv")))
+    assert len(rows) == 4
+    for row in rows:
+        errors = [json.loads((study / "final" / f"{row['method']}-M{row['workers']}-s{s}" / "summary.json")
+                             .read_text())["final_test_error"] for s in (0, 1)]
+        assert float(row["mean_error_pct"]) == pytest.approx(statistics.fmean(errors), abs=1e-4)
+        assert float(row["std_error_pct"]) == pytest.approx(statistics.stdev(errors), abs=1e-4)
+        assert row["seeds"] == "2"
+        cell = f"{statistics.fmean(errors):.2f} ± {statistics.stdev(errors):.2f}"
+        assert cell in (study / "table.md").read_text()
+    assert "git commit" in (study / "table.md").read_text()
+
+
+def test_compare_is_resumable(study, capsys):
+    before = {p: p.stat().st_mtime_ns for p in study.glob("*/*/summary.json")}
+    assert main(["compare", str(study), "--dataset", "synthetic", "--methods", "asgd,dc-asgd-a", "--workers-grid",
+                 "4,8", "--seeds", "0,1", "--lr-grid", "0.05,0.2", "--lam0-grid", "1,4", "--val-size", "256",
+                 "--epochs", "1", "--batch-size", "32"]) == 0
+    assert "skipped (done before)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in study.glob("*/*/summary.json")} == before
+
+
+@pytest.mark.parametrize("method", ["sequential", "ssgd", "asgd", "ssp", "staleness", "dc-asgd-c", "dc-asgd-a"])
+def test_method_names_round_trip(method):
+    settings = method_settings(method, 2)
+    workers = 1 if method == "sequential" else 4
+    assert method_of({**settings, "workers": workers}) == method
