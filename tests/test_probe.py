@@ -19,6 +19,16 @@ from dcasgd.sim import Simulator
 from dcasgd.tensorboard import TensorBoardLogger, TensorBoardMissing, open_metrics
 from dcasgd.worker import compute_gradient
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is fastest and immune to a loaded machine's contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- maths on a quadratic
 
 
@@ -187,6 +197,16 @@ def test_probe_does_not_change_the_trajectory_and_writes_every_kth_push(tmp_path
     assert plot_run_compensation(tmp_path / "off") is None
 
 
+def test_probe_state_dict_round_trip():
+    probe = CompensationProbe(3)
+    probe.pushes, probe.records = 7, [{"staleness": 2, "relerr_delayed": 0.5, "relerr_dc": 0.4,
+                                       "relerr_taylor": 0.1, "lam": 0.04, "lam_form": "dc-asgd-c"}]
+    resumed = CompensationProbe(3)
+    resumed.load_state_dict(probe.state_dict())
+    assert (resumed.pushes, resumed.records) == (7, probe.records)
+    assert resumed.summary() == probe.summary()
+
+
 def test_probe_every_must_be_positive_and_from_config():
     with pytest.raises(ValueError):
         CompensationProbe(0)
@@ -246,6 +266,7 @@ def test_open_metrics_tees_lines_into_tensorboard(tmp_path):
     metrics.write("eval", version=1, epoch=0.1, test_error=50.0, test_loss=1.2, train_loss=1.4, lr=0.05)
     metrics.write("staleness", version=1, overall={"histogram": {"1": 4}})
     metrics.write("probe", version=1, relerr_delayed=0.3, relerr_dc=0.2, relerr_taylor=0.05, staleness=1)
+    assert metrics.path == tmp_path / "metrics.jsonl" and metrics.tell() > 0   # the rest is the MetricsWriter's
     metrics.close()
     assert [json.loads(line)["kind"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
         "update", "eval", "staleness", "probe"]

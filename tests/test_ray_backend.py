@@ -178,20 +178,20 @@ def test_checkpoint_stop_resume_and_a_lost_server(local_ray, tmp_path):
     assert first["updates"] == 40 and [c["version"] for c in first["checkpoints"]] == [20, 40]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["ckpt-000000020.pt", "ckpt-000000040.pt"]
 
-    # 2: resume, then the server dies some updates after the checkpoint at 60
+    # 2: resume, then the server dies some updates after the checkpoint at 50
     def kill_server(run: rb.RayRun) -> None:
-        if run.version >= 66 and run.actors is not None:
+        if run.version >= 56 and run.actors is not None:
             ray.kill(run.actors.shards[0])
 
     with pytest.raises(rb.ServerLost):
-        rb.run_ray(make_cfg(out, checkpoint_every=30, resume=str(out)), on_tick=kill_server)
+        rb.run_ray(make_cfg(out, checkpoint_every=50, resume=str(out)), on_tick=kill_server)
     crashed = json.loads((out / "summary.json").read_text())
     ckpt = crashed["last_checkpoint_version"]
-    assert crashed["server_failed"] and ckpt in (60, 90)
+    assert crashed["server_failed"] and ckpt in (50, 100)
     assert crashed["lost_updates"] == crashed["updates"] - ckpt > 0
 
     # 3: resume again: continues from the last checkpoint, counts the lost updates, applies nothing twice
-    final = rb.run_ray(make_cfg(out, checkpoint_every=30, resume=str(out)))
+    final = rb.run_ray(make_cfg(out, checkpoint_every=50, resume=str(out)))
     assert final["resumed_from"]["version"] == ckpt
     assert final["lost_updates"] == crashed["lost_updates"]
     assert final["updates"] == 128 and final["epochs_done"] == 2.0
@@ -208,7 +208,9 @@ def test_checkpoint_stop_resume_and_a_lost_server(local_ray, tmp_path):
     segments.append(current)
     assert len(segments) == 3
     assert segments[0] == list(range(1, 41))
-    assert segments[1] == [40] + list(range(41, crashed["updates"] + 1))
+    # (the last update lines may die with the server: the driver can have seen a later version in an eval)
+    assert segments[1] == [40] + list(range(41, 41 + len(segments[1]) - 1))
+    assert segments[1][-1] <= crashed["updates"]
     assert segments[2] == [ckpt] + list(range(ckpt + 1, 129))
     assert len(segments[2]) - 1 == final["updates"] - ckpt
 

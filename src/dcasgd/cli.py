@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from .config import BACKENDS, DATASETS, SCHEDULES, ConfigError, TrainConfig
 from .models import MODELS
-from .presets import PRESETS, load_config_file, load_preset
+from .presets import PRESETS, load_config_file, load_preset, settings_from_toml
 from .rules import RULES
 
 EXIT_BAD_INPUT = 2
@@ -121,6 +121,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--comm-time", type=float, default=S, help="time of each pull and each push (default 0)")
     s.add_argument("--fail", type=_failure, action="append", default=S, metavar="W:T[:R]",
                    help="worker W fails at time T and rejoins at R (repeatable)")
+    s.add_argument("--corrupt", type=_straggler, action="append", default=S, metavar="W:P",
+                   help="fault injection: worker W sends a NaN gradient with probability P (repeatable)")
     s.add_argument("--replay", default=S, metavar="TRACE.jsonl",
                    help="take compute times from a recorded trace (lines with worker, duration_s)")
     o = p.add_argument_group("observability and reliability")
@@ -130,6 +132,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--checkpoint-every", type=int, default=S, help="checkpoint every N updates (0 = off)")
     o.add_argument("--keep-checkpoints", type=int, default=S, help="checkpoints kept (default 3)")
     o.add_argument("--resume", default=S, metavar="DIR", help="continue from the last checkpoint in DIR")
+    o.add_argument("--stop-after-updates", type=int, default=S,
+                   help="stop after this many updates with a checkpoint, to --resume later (0 = run to the end)")
     o.add_argument("--max-refused", type=int, default=S,
                    help="stop cleanly (with a checkpoint) when a worker has this many refused pushes (0 = never)")
     o.add_argument("--clip-norm", type=float, default=S, help="server-side gradient-norm clipping (0 = off)")
@@ -143,17 +147,28 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 _RENAMES = {"straggler": "stragglers", "fail": "failures"}
 
 
+def _checkpoint_settings(run_dir: str) -> dict[str, Any]:
+    """The settings of the run a checkpoint came from (``--resume DIR`` starts from them)."""
+    from .checkpoint import load_latest
+    _, state = load_latest(Path(run_dir) / "checkpoints")
+    saved = dict(state.get("config") or {})
+    saved.pop("resume", None)
+    return settings_from_toml(saved, f"checkpoint in {run_dir}")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < preset < --config file < explicit flags; then validate."""
     values: dict[str, Any] = {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    if "resume" in flags:
+        values.update(_checkpoint_settings(flags["resume"]))
     if "preset" in flags:
         values.update(load_preset(flags.pop("preset")))
     if "config" in flags:
         values.update(load_config_file(flags.pop("config")))
     for key, value in flags.items():
         key = _RENAMES.get(key, key)
-        if key == "stragglers":
+        if key in ("stragglers", "corrupt"):
             value = dict(value)
         elif key == "failures":
             value = tuple(value)

@@ -76,7 +76,8 @@ class TrainConfig:
     resume: str | None = None
     max_refused: int = 0
     clip_norm: float = 0.0
-    stop_after_updates: int = 0        # stop early (for resume tests); 0 = run to the end
+    stop_after_updates: int = 0        # stop early with a checkpoint; 0 = run to the end
+    corrupt: dict[int, float] = field(default_factory=dict)   # sim fault injection: worker -> P(NaN gradient)
     # ray
     servers: int = 1
     address: str | None = None
@@ -90,6 +91,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stragglers"] = {str(k): v for k, v in self.stragglers.items()}
+        d["corrupt"] = {str(k): v for k, v in self.corrupt.items()}
         return d
 
     def validate(self) -> "TrainConfig":
@@ -132,6 +134,10 @@ class TrainConfig:
         for worker, factor in self.stragglers.items():
             _worker_index("straggler", worker, self.workers)
             _positive("straggler factor", factor)
+        for worker, rate in self.corrupt.items():
+            _worker_index("corrupt", worker, self.workers)
+            if not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
+                raise ConfigError(f"corrupt: probability for worker {worker} must be in [0, 1], got {rate!r}")
         for worker, at, rejoin in self.failures:
             _worker_index("failure", worker, self.workers)
             _nonneg("failure time", at)

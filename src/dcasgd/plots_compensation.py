@@ -66,7 +66,7 @@ def plot_compensation(records: list[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     stale = [r for r in records if int(r["staleness"]) >= 1]
     records = stale or records          # at staleness 0 every estimate is exact: nothing to show
-    fig, (by_tau, by_epoch) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    fig, (by_tau, by_epoch) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
     log_ok = True
     staleness_values = sorted({int(r["staleness"]) for r in records})
     ordered = sorted(records, key=lambda r: (r.get("epoch", 0.0), r.get("version", 0)))
@@ -87,7 +87,8 @@ def plot_compensation(records: list[dict[str, Any]], path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
         if log_ok:
             ax.set_yscale("log", nonpositive="mask")
-        ax.legend()
+    handles, labels = by_tau.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(SERIES), frameon=False)
     by_tau.set_xlabel("staleness τ (server versions)")
     by_tau.set_title(f"Error vs staleness (mean of {len(records)} probed pushes)")
     by_epoch.set_xlabel("training progress (epochs)")

@@ -37,8 +37,9 @@ def settings_from_toml(raw: dict[str, Any], source: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {unknown}; allowed: {sorted(known)}")
     try:
-        if "stragglers" in values:
-            values["stragglers"] = {int(k): float(v) for k, v in values["stragglers"].items()}
+        for key in ("stragglers", "corrupt"):
+            if key in values:
+                values[key] = {int(k): float(v) for k, v in values[key].items()}
         if "failures" in values:
             values["failures"] = tuple((int(f[0]), float(f[1]), float(f[2]) if len(f) > 2 else None)
                                        for f in values["failures"])

@@ -14,7 +14,8 @@ Each is scored by ``cos(x, g_now)`` and ``relerr = ||x - g_now|| / ||g_now||``.
 ``lam_eff`` is ``lam`` for dc-asgd-c, ``lam0 / sqrt(ms + eps)`` for dc-asgd-a
 with ``ms`` as it will be after this push's MeanSquare update (computed on a
 copy), and, for the rules without compensation, the dc-asgd-c form with the
-configured ``lam`` (the record's ``lam_form`` says which).
+configured ``lam`` (the record's ``lam_form`` says which).  The estimates use
+the gradient as pushed, before any server-side ``clip_norm``.
 
 The probe never changes the training trajectory: it restores the global
 torch RNG, the shared FlatModel's parameters, gradients and buffers, and
@@ -205,6 +206,14 @@ class CompensationProbe:
         self.records.append(record)
         sim.metrics.write("probe", **record)
         return record
+
+    def state_dict(self) -> dict[str, Any]:
+        """Push count and records, so a resumed run keeps probing every K-th push and its summary."""
+        return {"every": self.every, "pushes": self.pushes, "records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.pushes = int(sd["pushes"])
+        self.records = [dict(r) for r in sd["records"]]
 
     def summary(self) -> dict[str, Any]:
         """For summary.json: counts, mean/median relative errors and median ratios to the delayed one.

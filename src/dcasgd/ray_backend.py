@@ -47,6 +47,7 @@ sync averaging in SyncBarrier.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
 import os
@@ -78,6 +79,10 @@ PUSH_TIMEOUT_S = 120.0                # a push unanswered this long is retried (
 PUSH_RETRIES = 3
 RESTART_WAIT_S = 120.0                # how long a restarting worker may take before it counts as dead
 MIN_LR = 1e-12                        # a schedule value of 0 (warm-up start, cosine end) applies as ~0
+INLINE_BYTES = 100 * 1024             # Ray sends smaller objects inline, larger ones via the object store
+# ServerCore.pull(worker, copy=False) (proposed, see docs/ray.md) hands out the live weights: the shard
+# then copies them straight into the object store instead of cloning them first.
+_PULL_CAN_SKIP_COPY = "copy" in inspect.signature(ServerCore.pull).parameters
 
 __all__ = ["run_ray", "RayRun", "ServerShard", "Coordinator", "RayWorker", "RayBackendError", "ServerLost",
            "init_local_ray", "local_ray_options", "loopback_only", "pull_all", "push_all"]
@@ -178,10 +183,14 @@ class ServerShard:
 
     # ------------------------------------------------------------ pull
 
-    def pull(self, worker: int) -> tuple[np.ndarray, int, np.ndarray | None]:
-        """(weights slice, version, BatchNorm buffers or None); records w_bak(worker)."""
+    def pull(self, worker: int) -> tuple[Any, int, np.ndarray | None]:
+        """(weights slice or its ObjectRef, version, BatchNorm buffers or None); records w_bak(worker)."""
+        buffers = self.buffers.numpy() if self.log is not None else None
+        if _PULL_CAN_SKIP_COPY and self.core.num_params * 4 > INLINE_BYTES:
+            weights, version = self.core.pull(worker, copy=False)
+            return ray.put(weights.numpy()), version, buffers      # put copies now, before any push runs
         weights, version = self.core.pull(worker)
-        return weights.numpy(), version, (self.buffers.numpy() if self.log is not None else None)
+        return weights.numpy(), version, buffers
 
     def weights(self) -> tuple[np.ndarray, int, np.ndarray, float]:
         """(weights slice copy, version, buffers, lr) for evaluation; records no backup."""
@@ -234,11 +243,7 @@ class ServerShard:
             expected = set(members if members is not None else range(self.num_workers)) - self.dead
             self.barrier.start(expected)
             self.round_active, self.round_base, self.round_samples = True, {}, 0
-        try:
-            self.core._check_push(worker, g, base_version)
-        except PushRejected:
-            self.core.refused[worker] += 1
-            raise
+        _validate(self.core, worker, g, base_version)
         if worker not in self.barrier.expected or worker in self.barrier.received:
             self.core.refused[worker] += 1
             raise PushRejected(f"worker {worker}: not expected in this sync round "
@@ -321,6 +326,18 @@ class ServerShard:
         if sd["buffers"].numel() == self.buffers.numel():
             self.buffers.copy_(sd["buffers"])
         return self.core.version
+
+
+def _validate(core: ServerCore, worker: int, grad: torch.Tensor, base_version: int) -> None:
+    """Refuse (and count) a push ServerCore would refuse, without applying it (sync rounds)."""
+    if hasattr(core, "validate"):                    # proposed public API, see docs/ray.md
+        core.validate(worker, grad, base_version)
+        return
+    try:
+        core._check_push(worker, grad, base_version)
+    except PushRejected:
+        core.refused[worker] += 1
+        raise
 
 
 def _readonly_tensor(array: Any) -> torch.Tensor:
@@ -697,10 +714,13 @@ def pull_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: i
              out: np.ndarray) -> tuple[list[int], np.ndarray | None]:
     """Pull every shard in parallel into ``out`` (float32, length P); returns (versions, buffers)."""
     results = ray.get([s.pull.remote(worker) for s in shards])
+    refs = [r[0] for r in results if isinstance(r[0], ray.ObjectRef)]
+    fetched = iter(ray.get(refs)) if refs else iter(())
     versions = []
     for (start, end), (weights, version, _) in zip(ranges, results):
-        np.copyto(out[start:end], weights)
+        np.copyto(out[start:end], next(fetched) if isinstance(weights, ray.ObjectRef) else weights)
         versions.append(version)
+    del fetched
     buffers = results[0][2]
     buffers = None if buffers is None else np.array(buffers)
     del results                                                  # release the object-store views
@@ -777,7 +797,8 @@ class RayWorker:
         self.flat = FlatModel(build_model(cfg.model, tuple(self.x.shape[1:]), num_classes, seed=cfg.seed))
         if self.device.type != "cpu":
             _flat_to_device(self.flat, self.device)
-        self.weights = torch.zeros(self.flat.num_params)             # pulled weights (CPU)
+        # pulled weights land in the model's own flat parameters on CPU (then loading them is free)
+        self.weights = self.flat.params if self.device.type == "cpu" else torch.zeros(self.flat.num_params)
         self.buffers = torch.zeros(self.flat.buffers.numel())
         self.stream = BatchStream(len(self.y), index, cfg.workers, cfg.batch_size, cfg.seed)
 
@@ -1317,7 +1338,16 @@ class RayRun:
             "resumed_from": self.resumed_from,
             "checkpoints": self.checkpoints,
             "worker_restarts_used": self.restarts,
+            "ignored_settings": _ignored_settings(self.cfg),
         }
+
+
+def _ignored_settings(cfg: TrainConfig) -> list[str]:
+    """Settings of the simulator (or not yet implemented here) that this run did not use."""
+    default = TrainConfig()
+    names = ("base_time", "speeds", "hetero_sigma", "jitter", "stragglers", "comm_time", "failures", "replay",
+             "probe_every", "tensorboard", "clip_norm")
+    return [name for name in names if getattr(cfg, name) != getattr(default, name)]
 
 
 def _last_version_seen(run_dir: Path) -> int:

@@ -30,8 +30,14 @@ worker: the weights that worker pulled, so ``w - backup`` spans exactly the
 ``tau`` updates the gradient missed.  MeanSquare (``ms``) is one global buffer
 by default; ``per_worker_ms=True`` keeps one per worker as Multiverso does.
 
-All updates are in place: no temporaries of size P beyond one scratch buffer
-kept in the state (``scratch``) for the DC correction term.
+All updates are in place.  For P >= 1M parameters the whole update runs as
+one fused loop compiled by ``torch.compile`` (:mod:`dcasgd.kernels`): one pass
+over memory, no temporaries of size P.  Below that (or with
+``DCASGD_NO_COMPILE=1``, or without a C++ compiler) an eager chain of in-place
+torch ops does the same maths, using the ``scratch`` buffer of the state for
+the DC correction term (and, for dc-asgd-a, one temporary for sqrt(ms + eps)).
+The two paths agree to float32 rounding; which one runs depends only on P and
+the environment, so a run stays bit-for-bit reproducible.
 """
 
 from __future__ import annotations
@@ -130,8 +136,11 @@ class Rule:
 
     def _apply_fused(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
                      step_lr: float, state: State, worker: int) -> bool:
-        """The whole update as one kernel; False (nothing touched) where none applies."""
-        if not kernels.use_fused(w.numel()):
+        """The whole update as one kernel; False (nothing touched) where none applies.
+
+        Plain sgd/staleness (no momentum, no wd) is one ``add_`` already: one pass, no kernel.
+        """
+        if not (self.needs_backup or self.momentum or self.wd) or not kernels.use_fused(w.numel()):
             return False
         family = self.name if self.needs_backup else "sgd"
         ms = state["mean_square"][worker if self.per_worker_ms else 0] if self.name == "dc-asgd-a" else None
@@ -142,19 +151,22 @@ class Rule:
 
     def _compensate(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
                     state: State, worker: int) -> torch.Tensor:
-        """scratch = g + lam_eff * g*g*(w - backup); returns scratch."""
+        """scratch = g + lam_eff * g*g*(w - backup); returns scratch.
+
+        One pass over memory per op; dc-asgd-a needs one P-sized temporary
+        (sqrt(ms + eps)) on this path, the fused kernel none.
+        """
         if backup is None:
             raise RuleError(f"rule {self.name} needs the pushing worker's backup weights")
         scratch = state["scratch"]
         torch.sub(w, backup, out=scratch)          # w - backup
         scratch.mul_(g).mul_(g)                    # g*g*(w - backup)
         if self.name == "dc-asgd-c":
-            scratch.mul_(self.lam)
-        else:
-            ms = state["mean_square"][worker if self.per_worker_ms else 0]
-            ms.mul_(self.m).addcmul_(g, g, value=1.0 - self.m)
-            scratch.mul_(self.lam0).div_(ms.add(self.eps).sqrt_())   # lam0 / sqrt(ms + eps)
-        return scratch.add_(g)
+            return torch.add(g, scratch, alpha=self.lam, out=scratch)
+        ms = state["mean_square"][worker if self.per_worker_ms else 0]
+        ms.mul_(self.m).addcmul_(g, g, value=1.0 - self.m)
+        # g + lam0 * g*g*(w - backup) / sqrt(ms + eps)
+        return torch.addcdiv(g, scratch, ms.add(self.eps).sqrt_(), value=self.lam0, out=scratch)
 
 
 def _check_range(name: str, value: float, lo: float, hi: float, hi_open: bool = False) -> None:

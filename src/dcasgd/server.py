@@ -49,7 +49,8 @@ class ServerCore:
 
     def __init__(self, weights: torch.Tensor, rule: str = "dc-asgd-a", num_workers: int = 1,
                  lr: float = DEFAULT_HYPER["lr"], *, offset: int = 0,
-                 backup_dtype: torch.dtype = torch.float32, **rule_params: Any) -> None:
+                 backup_dtype: torch.dtype = torch.float32, clip_norm: float = 0.0,
+                 **rule_params: Any) -> None:
         if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or weights.dtype != torch.float32:
             raise ValueError("weights must be a 1-D float32 tensor")
         if num_workers < 1:
@@ -61,6 +62,9 @@ class ServerCore:
         self.num_workers = num_workers
         self.offset = offset
         self.backup_dtype = backup_dtype
+        if not (clip_norm >= 0 and math.isfinite(clip_norm)):
+            raise ValueError(f"clip_norm must be a finite number >= 0, got {clip_norm}")
+        self.clip_norm = clip_norm
         self.weights = weights.detach().clone().contiguous()
         self.version = 0
         self.state = self.rule.init(self.weights.numel(), num_workers)
@@ -71,6 +75,7 @@ class ServerCore:
         self.refused = torch.zeros(num_workers, dtype=torch.int64)
         self.staleness_sum = torch.zeros(num_workers, dtype=torch.int64)
         self.staleness_max = torch.zeros(num_workers, dtype=torch.int64)
+        self.clipped = 0
 
     # ------------------------------------------------------------ lr
 
@@ -107,6 +112,8 @@ class ServerCore:
             self.refused[worker] += 1
             raise
         staleness = self.version - base_version
+        if self.clip_norm:
+            grad = self._clip(grad)
         backup = self.backups[worker] if self.backups is not None else None
         self.rule.apply_(self.weights, grad, backup, staleness, self.lr, self.state, worker)
         self.version += 1
@@ -114,6 +121,14 @@ class ServerCore:
         self.staleness_sum[worker] += staleness
         self.staleness_max[worker] = max(int(self.staleness_max[worker]), staleness)
         return self.version
+
+    def _clip(self, grad: torch.Tensor) -> torch.Tensor:
+        """grad * min(1, clip_norm / ||grad||): the caller's tensor is never modified."""
+        norm = float(torch.linalg.vector_norm(grad))
+        if norm <= self.clip_norm:
+            return grad
+        self.clipped += 1
+        return grad * (self.clip_norm / norm)
 
     def _check_worker(self, worker: int) -> None:
         if isinstance(worker, bool) or not isinstance(worker, int) or not 0 <= worker < self.num_workers:

@@ -41,11 +41,34 @@ from .consistency import SyncBarrier, parse_consistency
 from .flat import FlatModel
 from .models import build_model
 from .run import RunContext, prepare_run, write_summary
-from .server import ServerCore
-from .telemetry import MetricsWriter, Progress, StalenessStats
+from .checkpoint import CheckpointError, load_latest, save_checkpoint
+from .probe import CompensationProbe
+from .server import PushRejected, ServerCore
+from .telemetry import Progress, StalenessStats
+from .tensorboard import open_metrics
 from .worker import BatchStream, compute_gradient, evaluate
 
 FINISH, FAIL, REJOIN = "finish", "fail", "rejoin"
+SIM_STATE_FORMAT = "dcasgd.sim/1"
+# settings that may differ between a run and its resumption: they do not change the trajectory
+OPERATIONAL = {"out", "resume", "progress", "stop_after_updates", "checkpoint_every", "keep_checkpoints",
+               "tensorboard", "max_refused", "data_root"}
+
+
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """A checkpoint resumes only the run it came from: every setting but OPERATIONAL must match."""
+    current = cfg.to_dict()
+    differ = sorted(k for k in current if k not in OPERATIONAL and _norm(saved.get(k)) != _norm(current[k]))
+    if differ:
+        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
+        raise CheckpointError(f"checkpoint {path} is from a different run ({detail})")
+
+
+def _norm(value: Any) -> Any:
+    """Tuples and lists compare equal (JSON and TOML give lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    return value
 
 
 class TraceError(ValueError):
@@ -153,7 +176,8 @@ class Simulator:
         data = ctx.data
         self.flat = FlatModel(build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed))
         self.server = ServerCore(self.flat.params, cfg.rule, cfg.workers, cfg.lr,
-                                 backup_dtype=getattr(torch, cfg.backup_dtype), **cfg.rule_params())
+                                 backup_dtype=getattr(torch, cfg.backup_dtype), clip_norm=cfg.clip_norm,
+                                 **cfg.rule_params())
         self.server_buffers = self.flat.buffers.clone()   # BatchNorm statistics: the latest pushed
         n = len(data.train_y)
         self.workers = [SimWorker(m, BatchStream(n, m, cfg.workers, cfg.batch_size, cfg.seed))
@@ -161,7 +185,7 @@ class Simulator:
         self.timing = Timing(cfg)
         self.barrier = SyncBarrier()
         self.stats = StalenessStats(cfg.workers)
-        self.probe = probe
+        self.probe = probe if probe is not None else CompensationProbe.from_config(cfg)
         self.events: list[Event] = []
         self.seq = 0
         self.now = 0.0
@@ -175,6 +199,7 @@ class Simulator:
         self.events_log: list[dict[str, Any]] = []
         self.diverged = False
         self.eval_wall_s = 0.0                # wall seconds spent evaluating (not training)
+        self._checkpoint_due = False
 
     # ------------------------------------------------------------ schedule
 
@@ -245,10 +270,16 @@ class Simulator:
         if self.probe is not None:
             self.probe.maybe_record(self, w, result, batch)
         staleness = self.server.version - w.base_version
-        self.server.push(w.index, result.grad, w.base_version)
+        grad = self._maybe_corrupt(w, result.grad)
+        try:
+            self.server.push(w.index, grad, w.base_version)
+        except PushRejected as exc:                        # the worker is told, and pulls again
+            self._log_event("push_refused", w.index, reason=str(exc))
+            self._start(w)
+            return
         self._record_update(w, staleness, result.loss, clock_at_start)
         self._after_update()
-        if not self.done:
+        if not self.finished:
             self._start(w)
             self._release_waiting()
 
@@ -260,7 +291,7 @@ class Simulator:
             self.stats.add_wait(m, self.now - self.workers[m].waiting_since)
             self.workers[m].waiting_since = None
         self._after_update()
-        if not self.done:
+        if not self.finished:
             self._start_sync_round()
 
     def _record_update(self, w: SimWorker, staleness: int, loss: float, clock: int) -> None:
@@ -295,8 +326,15 @@ class Simulator:
         else:
             self._start(w)
 
-    def _log_event(self, what: str, worker: int) -> None:
-        record = {"event": what, "worker": worker, "time_s": self.now, "version": self.server.version}
+    def _maybe_corrupt(self, w: SimWorker, grad: torch.Tensor) -> torch.Tensor:
+        """Fault injection (``corrupt``): a faulty worker sends NaN gradients with some probability."""
+        rate = self.cfg.corrupt.get(w.index, 0.0)
+        if rate > 0 and self.timing.rng.random() < rate:
+            return torch.full_like(grad, math.nan)
+        return grad
+
+    def _log_event(self, what: str, worker: int, **extra: Any) -> None:
+        record = {"event": what, "worker": worker, "time_s": self.now, "version": self.server.version, **extra}
         self.events_log.append(record)
         self.metrics.write("event", **record)
 
@@ -307,12 +345,21 @@ class Simulator:
         return self.samples / len(self.ctx.data.train_y)
 
     @property
-    def done(self) -> bool:
-        return self.diverged or self.samples >= self.target_samples or (
-            self.cfg.stop_after_updates and self.server.version >= self.cfg.stop_after_updates)
+    def finished(self) -> bool:
+        """Training is over: enough samples consumed, or the model diverged."""
+        return self.diverged or self.samples >= self.target_samples
+
+    @property
+    def stop_requested(self) -> bool:
+        """Stop early with a checkpoint (``stop_after_updates``, or a worker over ``max_refused``)."""
+        cfg = self.cfg
+        return bool((cfg.stop_after_updates and self.server.version >= cfg.stop_after_updates) or
+                    (cfg.max_refused and int(self.server.refused.max()) >= cfg.max_refused))
 
     def _after_update(self) -> None:
-        if self.epoch + 1e-12 >= self.next_eval_epoch or self.done:
+        if cfg_every := self.cfg.checkpoint_every:
+            self._checkpoint_due = self._checkpoint_due or self.server.version % cfg_every == 0
+        if self.epoch + 1e-12 >= self.next_eval_epoch or self.finished:
             self._evaluate()
         self.progress.update(self.epoch, self.loss_sum / max(1, self.loss_count) if self.loss_count else math.nan,
                              self.last_error, self.server.version, self.stats)
@@ -340,27 +387,37 @@ class Simulator:
     def run(self) -> SimResult:
         cfg = self.cfg
         self.wall_start = time.perf_counter()
-        self.metrics = MetricsWriter(self.ctx.out / "metrics.jsonl")
         self.progress = Progress(cfg.epochs, enabled=cfg.progress)
-        self._evaluate()                                   # error at epoch 0
-        for worker, at, rejoin in cfg.failures:
-            self._schedule(at, FAIL, worker)
-            if rejoin is not None:
-                self._schedule(rejoin, REJOIN, worker)
-        if self.consistency.mode == "sync":
-            self._start_sync_round()
+        if cfg.resume:
+            self._resume(Path(cfg.resume))
         else:
-            for w in self.workers:
-                self._start(w)
+            self.metrics = open_metrics(self.ctx.out / "metrics.jsonl", cfg.tensorboard, lr=lambda: self.server.lr)
+            self._evaluate()                               # error at epoch 0
+            for worker, at, rejoin in cfg.failures:
+                self._schedule(at, FAIL, worker)
+                if rejoin is not None:
+                    self._schedule(rejoin, REJOIN, worker)
+            if self.consistency.mode == "sync":
+                self._start_sync_round()
+            else:
+                for w in self.workers:
+                    self._start(w)
         handlers = {FINISH: self._on_finish, FAIL: self._on_fail, REJOIN: self._on_rejoin}
-        while self.events and not self.done:
+        while self.events and not (self.finished or self.stop_requested):
+            if self._checkpoint_due:                       # between events: a clean cut
+                self._save_checkpoint()
             event = heapq.heappop(self.events)
             w = self.workers[event.worker]
             if event.kind == FINISH and (not w.alive or event.generation != w.generation):
                 continue                                   # the worker died while computing
             self.now = event.time
             handlers[event.kind](w)
-        if not self.done:
+        stopped_early = not self.finished and self.stop_requested
+        if stopped_early:
+            self._save_checkpoint()
+            self._log_event("stopped_early", -1, reason="max_refused" if cfg.max_refused and
+                            int(self.server.refused.max()) >= cfg.max_refused else "stop_after_updates")
+        elif not self.finished:
             self._log_event("stopped_no_live_workers", -1)
         if self.diverged:
             self.last_error = 100.0 * (1 - 1 / self.ctx.data.num_classes)  # chance level
@@ -372,8 +429,82 @@ class Simulator:
         self.progress.close()
         self.metrics.close()
         summary = self._summary()
+        summary["stopped_early"] = stopped_early
         write_summary(self.ctx.out, summary)
         return SimResult(summary, self.server.weights.clone(), self.server_buffers.clone())
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the rest of the run depends on; with it a resumed run is bit-identical."""
+        self.metrics.flush()
+        return {
+            "format": SIM_STATE_FORMAT,
+            "config": self.cfg.to_dict(),
+            "server": self.server.state_dict(),
+            "server_buffers": self.server_buffers.clone(),
+            "workers": [{"weights": w.weights, "buffers": w.buffers, "base_version": w.base_version,
+                         "clock": w.clock, "start_clock_gap": w.start_clock_gap, "alive": w.alive,
+                         "generation": w.generation, "waiting_since": w.waiting_since,
+                         "stream": w.stream.state_dict()} for w in self.workers],
+            "events": [[e.time, e.seq, e.kind, e.worker, e.generation] for e in self.events],
+            "barrier": {"expected": sorted(self.barrier.expected), "received": list(self.barrier.received),
+                        "total": self.barrier.total},
+            "timing": {"rng": json.dumps(self.timing.rng.bit_generator.state), "drawn": list(self.timing.drawn)},
+            "stats": self.stats.state_dict(),
+            "probe": self.probe.state_dict() if hasattr(self.probe, "state_dict") else None,
+            "scalars": {"seq": self.seq, "now": self.now, "samples": self.samples, "gradients": self.gradients,
+                        "next_eval_epoch": self.next_eval_epoch, "loss_sum": self.loss_sum,
+                        "loss_count": self.loss_count, "last_error": self.last_error, "diverged": self.diverged},
+            "evals": json.dumps(self.evals),
+            "events_log": json.dumps(self.events_log),
+            "metrics_bytes": self.metrics.tell(),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if sd.get("format") != SIM_STATE_FORMAT:
+            raise CheckpointError("not a simulator checkpoint (wrong or missing 'format')")
+        self.server.load_state_dict(sd["server"])
+        self.server_buffers = sd["server_buffers"]
+        for w, ws in zip(self.workers, sd["workers"], strict=True):
+            w.weights, w.buffers, w.base_version = ws["weights"], ws["buffers"], ws["base_version"]
+            w.clock, w.start_clock_gap, w.alive = ws["clock"], ws["start_clock_gap"], ws["alive"]
+            w.generation, w.waiting_since = ws["generation"], ws["waiting_since"]
+            w.stream.load_state_dict(ws["stream"])
+        self.events = [Event(*e) for e in sd["events"]]
+        heapq.heapify(self.events)
+        self.barrier.expected = set(sd["barrier"]["expected"])
+        self.barrier.received = list(sd["barrier"]["received"])
+        self.barrier.total = sd["barrier"]["total"]
+        self.timing.rng.bit_generator.state = json.loads(sd["timing"]["rng"])
+        self.timing.drawn = list(sd["timing"]["drawn"])
+        self.stats.load_state_dict(sd["stats"])
+        if sd["probe"] is not None and hasattr(self.probe, "load_state_dict"):
+            self.probe.load_state_dict(sd["probe"])
+        for key, value in sd["scalars"].items():
+            setattr(self, key, value)
+        self.evals = json.loads(sd["evals"])
+        self.events_log = json.loads(sd["events_log"])
+
+    def _save_checkpoint(self) -> None:
+        save_checkpoint(self.ctx.out / "checkpoints", self.state_dict(), self.server.version,
+                        keep=self.cfg.keep_checkpoints)
+        self._checkpoint_due = False
+
+    def _resume(self, directory: Path) -> None:
+        """Load the newest good checkpoint of ``directory`` and cut metrics.jsonl back to its length."""
+        path, sd = load_latest(directory / "checkpoints")
+        check_resumable(sd.get("config", {}), self.cfg, path)
+        self.load_state_dict(sd)
+        metrics_path = self.ctx.out / "metrics.jsonl"
+        source = directory / "metrics.jsonl"
+        if source.resolve() != metrics_path.resolve():
+            metrics_path.write_bytes(source.read_bytes()[:sd["metrics_bytes"]])
+        else:
+            with open(metrics_path, "r+b") as f:
+                f.truncate(sd["metrics_bytes"])
+        self.metrics = open_metrics(metrics_path, self.cfg.tensorboard, lr=lambda: self.server.lr, append=True)
+        self._log_resumed = str(path)
 
     def _summary(self) -> dict[str, Any]:
         staleness = self.stats.summary()
@@ -392,12 +523,14 @@ class Simulator:
             "staleness": staleness,
             "pushes_per_worker": staleness["pushes_per_worker"],
             "refused_per_worker": self.server.refused.tolist(),
+            "clipped_updates": self.server.clipped,
             "worker_events": self.events_log,
             "speeds": self.timing.speed,
             "curve": [{k: r[k] for k in ("epoch", "time_s", "test_error")} for r in self.evals],
             "backend": "sim",
             "config": self.cfg.to_dict(),
             "server_bytes_per_param": self.server.bytes_per_param(),
+            **({"probe": self.probe.summary()} if self.probe is not None else {}),
         }
 
 

@@ -39,6 +39,11 @@ class MetricsWriter:
     def flush(self) -> None:
         self._file.flush()
 
+    def tell(self) -> int:
+        """Bytes written so far (after a flush): where a resumed run cuts the file back to."""
+        self._file.flush()
+        return self._file.tell()
+
     def close(self) -> None:
         self._file.close()
 

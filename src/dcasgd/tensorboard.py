@@ -92,9 +92,9 @@ class TeeMetrics:
     def __init__(self, metrics: MetricsWriter, logger: TensorBoardLogger, lr: Callable[[], float] | None = None) -> None:
         self.metrics, self.logger, self.lr = metrics, logger, lr
 
-    @property
-    def path(self) -> Path:
-        return self.metrics.path
+    def __getattr__(self, name: str) -> Any:
+        """Anything else (``path``, ``tell``, ...) is the MetricsWriter's."""
+        return getattr(self.metrics, name)
 
     def write(self, kind: str, **fields: Any) -> None:
         self.metrics.write(kind, **fields)
