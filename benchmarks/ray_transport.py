@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rb.init_local_ray(num_cpus=2, object_store_memory=1024**3)
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     rows = []
     try:
         for size in SIZES:
@@ -202,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
 - git commit: {git_commit()}
 - command: `{command}`
 - median of {repeats} round trips after 2 warm-ups, the variants of one size timed in turn; local Ray on 127.0.0.1, 2 CPUs, 1 GiB object store;
-  total benchmark time {time.perf_counter() - started:.0f} s
+  total benchmark time {time.perf_counter() - started:.0f} s; 1-min load average {load_before:.1f} at the
+  start, {os.getloadavg()[0]:.1f} at the end (other jobs share this machine: absolute times are noisy, the
+  variants of one size are timed in turn so their ratios are comparable)
 
 ours = `pull_all` + `push_all` through one `ServerShard` actor (ServerCore pull, object-store transfer,
 copy into the worker's flat buffer; one `ray.put` of the gradient, shape/finite checks, update rule,

@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import fmt, interleaved, median, set_threads, table, verdict  # noqa: E402
+from _readme import assemble  # noqa: E402
 from _report import write_section  # noqa: E402
 
 from dcasgd import kernels  # noqa: E402
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_section("server_update", "Server update (`benchmarks/server_update.py`)", "\n\n".join(parts),
                          sys.argv if argv is None else ["server_update.py", *argv])
     print("\n".join(checks))
-    print(f"wrote {path}")
+    print(f"wrote {path} and {assemble()}")
     return 0
 
 

@@ -72,3 +72,15 @@ def test_method_names_round_trip(method):
     settings = method_settings(method, 2)
     workers = 1 if method == "sequential" else 4
     assert method_of({**settings, "workers": workers}) == method
+
+
+def test_report_adds_compensation_from_a_probe_run(study, tmp_path):
+    probe_run = tmp_path / "probe"
+    assert main(["train", "--dataset", "synthetic", "--workers", "4", "--epochs", "1", "--batch-size", "32",
+                 "--probe-every", "4", "--out", str(probe_run), "--no-progress"]) == 0
+    to = tmp_path / "report"
+    assert main(["report", str(study), "--to", str(to), "--probe", str(probe_run)]) == 0
+    assert (to / "compensation.png").read_bytes()[:4] == b"\x89PNG"
+    probe = json.loads((probe_run / "summary.json").read_text())["probe"]
+    text = (to / "compensation.md").read_text()
+    assert f"{probe['median_relerr_delayed']:.4f}" in text and f"{probe['median_ratio_dc_to_delayed']:.3f}" in text

@@ -141,17 +141,20 @@ def test_fused_kernel_matches_original_and_repeats_bit_for_bit(fused, name, hype
 
 @needs_compiler
 def test_fused_kernel_keeps_exact_semantics(fused):
-    """No delay (backup == w): DC equals sgd exactly; first momentum step takes buf = d."""
+    """No delay (backup == w): the compensation is exactly zero, so dc-asgd-a and dc-asgd-c take the same
+    step bit for bit (and sgd's, to the rounding of eager add_ vs the kernel); first momentum step: buf = d."""
     torch.manual_seed(2)
-    w_dc = torch.randn(P)
-    w_sgd = w_dc.clone()
-    dc, sgd = make_rule("dc-asgd-a"), make_rule("sgd")
-    s_dc, s_sgd = dc.init(P, 1), sgd.init(P, 1)
+    w_a = torch.randn(P)
+    w_c, w_sgd = w_a.clone(), w_a.clone()
+    dc_a, dc_c, sgd = make_rule("dc-asgd-a"), make_rule("dc-asgd-c"), make_rule("sgd")
+    s_a, s_c, s_sgd = dc_a.init(P, 1), dc_c.init(P, 1), sgd.init(P, 1)
     for _ in range(3):
         g = torch.randn(P)
-        dc.apply_(w_dc, g, w_dc.clone(), 0, 0.1, s_dc, 0)
-        sgd.apply_(w_sgd, g, None, 0, 0.1, s_sgd, 0)
-        assert torch.equal(w_dc, w_sgd)
+        dc_a.apply_(w_a, g, w_a.clone(), 0, 0.1, s_a, 0)
+        dc_c.apply_(w_c, g, w_c.clone(), 0, 0.1, s_c, 0)
+        sgd.apply_(w_sgd, g, None, 0, 0.1, s_sgd, 0)            # plain sgd: one eager add_, never compiled
+        assert torch.equal(w_a, w_c)
+        torch.testing.assert_close(w_a, w_sgd, rtol=1e-6, atol=1e-7)
     rule = make_rule("sgd", momentum=0.9)
     w, state, g = torch.zeros(P), rule.init(P, 1), torch.randn(P)
     state["momentum_buffer"].fill_(123.0)              # ignored on the first step
@@ -163,7 +166,7 @@ def test_fused_kernel_keeps_exact_semantics(fused):
 def test_server_push_fused_equals_eager_with_bfloat16_backups(monkeypatch):
     def server_run():
         server = ServerCore(torch.linspace(-1, 1, P), "dc-asgd-a", num_workers=2, lr=0.1,
-                            backup_dtype=torch.bfloat16)
+                            backup_dtype=torch.bfloat16, momentum=0.5, per_worker_ms=True)
         gen = torch.Generator().manual_seed(5)
         versions = {m: server.pull(m)[1] for m in range(2)}
         for k in range(6):
@@ -179,6 +182,13 @@ def test_server_push_fused_equals_eager_with_bfloat16_backups(monkeypatch):
     monkeypatch.delenv("DCASGD_NO_COMPILE")
     monkeypatch.setenv("DCASGD_COMPILE_MIN_PARAMS", "0")
     assert_matches(server_run(), eager_result)
+
+
+@needs_compiler
+def test_warm_up_compiles_ahead_of_the_first_push(fused):
+    assert kernels.warm_up("dc-asgd-a", momentum=False, backup_dtype=torch.float32)
+    assert kernels._kernels[("dc-asgd-a", False, torch.float32)] is not None
+    assert not kernels.warm_up("dc-asgd-a", num_params=-1)      # below the threshold: nothing to do
 
 
 # ------------------------------------------------------------------ when the kernel is used
@@ -197,6 +207,11 @@ def test_threshold_and_switch(monkeypatch):
     monkeypatch.undo()
     monkeypatch.delenv("DCASGD_NO_COMPILE", raising=False)
     assert not kernels.use_fused(kernels.COMPILE_MIN_PARAMS - 1)     # small runs never compile
+    monkeypatch.setenv("DCASGD_COMPILE_MIN_PARAMS", "2e6")
+    assert kernels.compile_min_params() == 2_000_000
+    monkeypatch.setenv("DCASGD_COMPILE_MIN_PARAMS", "lots")
+    with pytest.raises(ValueError, match="DCASGD_COMPILE_MIN_PARAMS"):
+        kernels.use_fused(10)
 
 
 def test_compile_failure_warns_once_and_falls_back_to_eager(monkeypatch):

@@ -27,10 +27,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .data import DatasetError
     from .models import ModelError
     from .rules import RuleError
-    from .server import PushRejected, StateMismatch
+    from .server import PushRejected, ShardError, StateMismatch
     from .sim import TraceError
     return (ConfigError, CheckpointError, ConsistencyError, DatasetError, ModelError, RuleError, PushRejected,
-            StateMismatch, TraceError, OSError)
+            ShardError, StateMismatch, TraceError, OSError)
 
 
 INPUT_ERRORS = _input_errors()

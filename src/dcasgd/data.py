@@ -175,6 +175,12 @@ def _is_complete(name: str, directory: Path) -> bool:
     return all(_idx_path(directory, stem) is not None for stem in _IDX_STEMS)
 
 
+def _missing_files(name: str, directory: Path) -> list[str]:
+    if name == "cifar10":
+        return [f for f in _CIFAR_FILES if not (directory / f).is_file() and not (directory / _CIFAR_SUBDIR / f).is_file()]
+    return [stem for stem in _IDX_STEMS if _idx_path(directory, stem) is None]
+
+
 def _expected_files(name: str) -> str:
     if name == "cifar10":
         return f"{', '.join(_CIFAR_FILES)} (directly or under {_CIFAR_SUBDIR}/)"
@@ -189,6 +195,10 @@ def find_dataset_dir(name: str, root: str | None = None) -> Path | None:
     _check_name(name)
     if name == "synthetic":
         return None
+    if root is not None and (Path(root) / name).is_dir() and not _is_complete(name, Path(root) / name):
+        # the user pointed here: an incomplete directory is an error, not a reason to look elsewhere
+        raise DatasetError(f"dataset directory {Path(root) / name} is incomplete: it must hold "
+                           f"{_expected_files(name)}; missing: {', '.join(_missing_files(name, Path(root) / name))}")
     for directory in _search_dirs(name, root):
         if _is_complete(name, directory):
             return directory

@@ -262,7 +262,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    written = write_report(Path(args.run_dir), Path(args.to) if args.to else None)
+    written = write_report(Path(args.run_dir), Path(args.to) if args.to else None,
+                           Path(args.probe) if args.probe else None)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -288,4 +289,6 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="tables and plots from a compare directory")
     r.add_argument("run_dir", metavar="DIR", help="a directory written by dcasgd compare")
     r.add_argument("--to", default=None, help="where to write (default: DIR)")
+    r.add_argument("--probe", default=None, metavar="RUN_DIR",
+                   help="a run made with --probe-every: adds compensation.png and compensation.md")
     r.set_defaults(func=cmd_report)

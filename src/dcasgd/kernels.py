@@ -22,6 +22,8 @@ When it is used (:func:`fused_update`, called by ``Rule.apply_``):
 - ``P >= COMPILE_MIN_PARAMS`` (1M; env ``DCASGD_COMPILE_MIN_PARAMS``).  Below
   it the rule's eager in-place chain runs: the vectors sit in cache, and a
   short run never pays the compile (tens of seconds cold, seconds warm).
+- the rule needs more than one op: plain sgd/staleness without momentum or
+  weight decay is a single ``add_`` already and never compiles.
 - not disabled by ``DCASGD_NO_COMPILE=1``, and a C++ compiler is present.
 - the kernel compiled and passed a self-check against the eager chain on a
   small random problem (once per kernel).  A failure warns once and the eager
@@ -62,8 +64,14 @@ compile_seconds: dict[tuple, float] = {}          # structure -> seconds spent c
 
 
 def compile_min_params() -> int:
-    value = os.environ.get("DCASGD_COMPILE_MIN_PARAMS")
-    return int(value) if value else COMPILE_MIN_PARAMS
+    """The threshold: ``DCASGD_COMPILE_MIN_PARAMS`` if set, else :data:`COMPILE_MIN_PARAMS`."""
+    value = os.environ.get("DCASGD_COMPILE_MIN_PARAMS", "").strip()
+    if not value:
+        return COMPILE_MIN_PARAMS
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ValueError(f"DCASGD_COMPILE_MIN_PARAMS must be a number of parameters, got {value!r}") from None
 
 
 def compile_disabled_reason() -> str | None:
@@ -194,6 +202,23 @@ def _plain(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     """The same memory, without the view's link to its base (a row of the backups): otherwise
     dynamo guards on the base's shape and recompiles when the number of workers changes."""
     return [None if t is None else t.detach() for t in tensors]
+
+
+def warm_up(family: str, momentum: bool = False, backup_dtype: torch.dtype | None = torch.float32,
+            num_params: int | None = None) -> bool:
+    """Compile (and self-check) a kernel now rather than on the first push; True if it is ready.
+
+    For servers whose first push must not stall (a Ray shard under a push
+    timeout): call it at start-up with the rule's family (``"sgd"``,
+    ``"dc-asgd-c"``, ``"dc-asgd-a"``), whether momentum is on, and the backup
+    dtype (``None`` for sgd).  Does nothing when the kernel would not be used
+    for ``num_params`` parameters.
+    """
+    if num_params is not None and not use_fused(num_params):
+        return False
+    if compile_disabled_reason() is not None:
+        return False
+    return _kernel(_structure(family, momentum, None if family == "sgd" else backup_dtype)) is not None
 
 
 def all_finite(t: torch.Tensor) -> bool:

@@ -69,7 +69,9 @@ from .flat import FlatModel, _views
 from .models import build_model
 from .run import RunContext, prepare_run, write_summary
 from .server import PushRejected, ServerCore, shard_ranges
-from .telemetry import MetricsWriter, Progress, StalenessStats
+from .sim import OPERATIONAL, _norm
+from .telemetry import Progress, StalenessStats
+from .tensorboard import open_metrics
 from .worker import BatchStream, compute_gradient, evaluate
 
 CHECKPOINT_FORMAT = "dcasgd.ray/1"
@@ -78,7 +80,6 @@ WORKER_RESOURCE = "dcasgd_worker"     # custom resource that pins worker actors
 PUSH_TIMEOUT_S = 120.0                # a push unanswered this long is retried (same seq: applied once)
 PUSH_RETRIES = 3
 RESTART_WAIT_S = 120.0                # how long a restarting worker may take before it counts as dead
-MIN_LR = 1e-12                        # a schedule value of 0 (warm-up start, cosine end) applies as ~0
 INLINE_BYTES = 100 * 1024             # Ray sends smaller objects inline, larger ones via the object store
 # ServerCore.pull(worker, copy=False) (proposed, see docs/ray.md) hands out the live weights: the shard
 # then copies them straight into the object store instead of cloning them first.
@@ -154,7 +155,7 @@ class ServerShard:
 
     def __init__(self, weights: Any, rule: str = "sgd", num_workers: int = 1, lr: float = 0.1, *,
                  start: int = 0, end: int | None = None, index: int = 0, rule_params: dict | None = None,
-                 backup_dtype: str = "float32", consistency: str = "async",
+                 backup_dtype: str = "float32", clip_norm: float = 0.0, consistency: str = "async",
                  schedule: Callable[[float], float] | None = None, num_train: int = 0,
                  log_updates: bool = False, buffers: Any = None,
                  torch_threads: int | None = 1) -> None:
@@ -164,7 +165,7 @@ class ServerShard:
         end = flat.size if end is None else end
         self.index, self.start, self.end = index, start, end
         self.core = ServerCore(torch.from_numpy(np.array(flat[start:end])), rule, num_workers, lr, offset=start,
-                               backup_dtype=getattr(torch, backup_dtype), **(rule_params or {}))
+                               backup_dtype=getattr(torch, backup_dtype), clip_norm=clip_norm, **(rule_params or {}))
         self.num_workers = num_workers
         self.sync = parse_consistency(consistency).mode == "sync"
         self.schedule, self.num_train = schedule, num_train
@@ -177,8 +178,6 @@ class ServerShard:
         self.barrier = SyncBarrier()
         self.round_active = False
         self.round_base: dict[int, int] = {}
-        self.round_samples = 0
-        self._applied = False                    # the last sync push completed (and applied) its round
         self.dead: set[int] = set()
 
     # ------------------------------------------------------------ pull
@@ -214,11 +213,12 @@ class ServerShard:
             return self.last_version[worker]
         g = _readonly_tensor(grad)
         if self.sync:
-            version, staleness = self._push_sync(worker, g, base_version, num_samples, members)
+            logged_version, staleness = self._push_sync(worker, g, base_version, num_samples, members)
+            version = self.core.version
         else:
             self._set_lr(self.samples + num_samples)
             staleness = self.core.version - base_version if isinstance(base_version, int) else 0
-            version = self.core.push(worker, g, base_version)     # raises PushRejected, counted there
+            version = logged_version = self.core.push(worker, g, base_version)   # PushRejected: counted there
             self.samples += num_samples
         self.last_seq[worker], self.last_version[worker] = seq, version
         if buffers is not None and self.log is not None:
@@ -228,7 +228,7 @@ class ServerShard:
         if self.log is not None:
             meta = meta or {}
             self.log.append({"worker": worker, "seq": seq, "base_version": base_version,
-                             "version": version if not self.sync else self.core.version + (not self._applied),
+                             "version": logged_version,
                              "staleness": staleness, "n": num_samples,
                              "epoch": self.samples / self.num_train if self.num_train else 0.0,
                              "t_applied": received, "t_push": meta.get("t_push", received),
@@ -238,11 +238,14 @@ class ServerShard:
 
     def _push_sync(self, worker: int, g: torch.Tensor, base_version: int, num_samples: int,
                    members: Sequence[int] | None) -> tuple[int, int]:
-        """Add to this round's barrier; the last expected push applies the average."""
+        """Add to this round's barrier; the last expected push applies the average.
+
+        Returns (the version this round produces, staleness), as the simulator records them.
+        """
         if not self.round_active:
             expected = set(members if members is not None else range(self.num_workers)) - self.dead
             self.barrier.start(expected)
-            self.round_active, self.round_base, self.round_samples = True, {}, 0
+            self.round_active, self.round_base = True, {}
         _validate(self.core, worker, g, base_version)
         if worker not in self.barrier.expected or worker in self.barrier.received:
             self.core.refused[worker] += 1
@@ -250,28 +253,26 @@ class ServerShard:
                                f"(expected {sorted(self.barrier.expected)})")
         self.barrier.add(worker, g)
         self.round_base[worker] = base_version
-        self.round_samples += num_samples
         self.samples += num_samples
         staleness = self.core.version - base_version
-        self._applied = False
+        round_version = self.core.version + 1
         self._maybe_finish_round()
-        return self.core.version, staleness
+        return round_version, staleness
 
     def _maybe_finish_round(self) -> None:
-        self._applied = False
         if not self.round_active:
             return
         if self.barrier.complete:
             first = min(self.barrier.received)
             self._set_lr(self.samples)
             self.core.push(first, self.barrier.average(), self.round_base[first])
-            self.round_active, self._applied = False, True
+            self.round_active = False
         elif not (self.barrier.expected - set(self.barrier.received)) and not self.barrier.received:
             self.round_active = False                                # everyone of the round died
 
     def _set_lr(self, samples: int) -> None:
         if self.schedule is not None and self.num_train:
-            self.core.lr = max(float(self.schedule(samples / self.num_train)), MIN_LR)
+            self.core.lr = float(self.schedule(samples / self.num_train))
 
     def _check_worker(self, worker: int) -> None:
         if isinstance(worker, bool) or not isinstance(worker, int) or not 0 <= worker < self.num_workers:
@@ -305,7 +306,8 @@ class ServerShard:
         return {"index": self.index, "start": self.start, "end": self.end, "version": self.core.version,
                 "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
                 "bytes": self.core.bytes_per_param() * self.core.num_params, "counters": self.core.counters(),
-                "last_seq": list(self.last_seq), "samples": self.samples, "lr": self.core.lr}
+                "last_seq": list(self.last_seq), "samples": self.samples, "lr": self.core.lr,
+                "clipped": self.core.clipped}
 
     def ping(self) -> int:
         return self.core.version
@@ -362,7 +364,7 @@ class _Grant:
 
 
 class Coordinator:
-    """Worker clocks, consistency waits, grants, stop and checkpoint pauses (an asyncio actor).
+    """Worker clocks, consistency waits, grants, stop and checkpoint pauses (asyncio; in LeadServer).
 
     Grants: a worker gets its next gradient only while the samples and
     updates granted so far are below the targets; a worker that died before
@@ -495,6 +497,8 @@ class Coordinator:
         else:
             self._release(worker)
             self.refused[worker] += 1
+            if report.get("error"):
+                self._event("push_refused", worker, reason=report["error"])
             if report.get("nonfinite"):
                 self.diverged = True
                 self.stop_reason = self.stop_reason or "diverged"
@@ -572,9 +576,9 @@ class Coordinator:
             self.ckpt_ready = True
             self._attention.set()
 
-    def _event(self, what: str, worker: int) -> None:
+    def _event(self, what: str, worker: int, **extra: Any) -> None:
         self.events.append({"event": what, "worker": worker, "t": time.time(),
-                            "version": self.applied_updates})
+                            "version": self.applied_updates, **extra})
         if self._attention is not None:
             self._attention.set()
 
@@ -768,13 +772,14 @@ def push_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: i
 def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
     """Move a FlatModel's flat buffers to ``device`` and re-point parameters, grads and buffers at them."""
     params = [p for p in flat.module.parameters() if p.requires_grad]
-    flat.params, flat.grads = flat.params.to(device), flat.grads.to(device)
+    # copy=True: new buffers even for the same device, so the re-pointing below is exercised on CPU too
+    flat.params, flat.grads = flat.params.to(device, copy=True), flat.grads.to(device, copy=True)
     for p, view, gview in zip(params, _views(flat.params, params), _views(flat.grads, params)):
         p.data = view
         p.grad = gview
     owners = flat._buffer_owners
     old = [getattr(mod, name) for mod, name in owners]
-    flat.buffers = flat.buffers.to(device)
+    flat.buffers = flat.buffers.to(device, copy=True)
     for (mod, name), view in zip(owners, _views(flat.buffers, old)):
         setattr(mod, name, view)
     flat.module.to(device)                                       # integer buffers (num_batches_tracked)
@@ -839,15 +844,17 @@ class RayWorker:
     def _push(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, loss: float,
               n: int, meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
         g = grad.numpy()
-        if not bool(torch.isfinite(grad.sum())):          # sum is finite only if every entry is
+        bad = [] if bool(torch.isfinite(grad.sum())) else [   # the sum is finite only if every entry is
+            k for k, (start, end) in enumerate(self.ranges) if not np.isfinite(g[start:end]).all()]
+        if bad:
             # the server refuses non-finite values: send only the slices that have them, so no shard
             # applies part of a gradient another shard refused
-            for k, (start, end) in enumerate(self.ranges):
-                if not np.isfinite(g[start:end]).all():
-                    try:
-                        ray.get(self.shards[k].push.remote(self.index, seq, base[k], g[start:end], n))
-                    except PushRejected:
-                        pass
+            for k in bad:
+                start, end = self.ranges[k]
+                try:
+                    ray.get(self.shards[k].push.remote(self.index, seq, base[k], g[start:end], n))
+                except PushRejected:
+                    pass
             return {"applied": False, "nonfinite": True, "loss": loss}
         try:
             push_all(self.shards, self.ranges, self.index, seq, base, g, n, meta,
@@ -883,6 +890,8 @@ class RayRun:
         self.on_tick = on_tick
         self.tick_s = tick_s
         self.actors: _Actors | None = None
+        self.lr = cfg.lr                          # the server's lr at the last evaluation (TensorBoard)
+        self.eval_wall_s = 0.0
         self.version = 0
         self.epoch = 0.0
         self.done = False
@@ -906,11 +915,12 @@ class RayRun:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"checkpoint {path}: not a Ray-backend checkpoint (format "
                                   f"{state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-        saved = state["config"]
-        for key in ("rule", "workers", "servers", "model", "dataset", "backup_dtype", "seed"):
-            if saved.get(key) != getattr(cfg, key):
-                raise CheckpointError(f"checkpoint {path}: it was written with {key}={saved.get(key)!r}, "
-                                      f"this run has {key}={getattr(cfg, key)!r}")
+        saved, current = state["config"], cfg.to_dict()
+        operational = OPERATIONAL | {"address", "worker_restarts", "device"}    # where it runs, not what
+        differ = sorted(k for k in current if k not in operational and _norm(saved.get(k)) != _norm(current[k]))
+        if differ:
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
+            raise CheckpointError(f"checkpoint {path} is from a different run ({detail})")
         state["path"] = str(path)
         run_dir = where.parent if directory == where and where.name == "checkpoints" else where
         state["lost_updates"] = max(0, _last_version_seen(run_dir) - int(state["version"]))
@@ -954,14 +964,14 @@ class RayRun:
     def _start_actors(self, ctx: RunContext, flat: FlatModel, resume: dict[str, Any] | None) -> None:
         cfg = self.cfg
         server_opts, worker_opts = self._placement()
-        self.ranges = shard_ranges(flat.tensor_sizes, cfg.servers)
         init_ref = ray.put(flat.params.numpy())
 
         def shard_args(k: int) -> dict[str, Any]:
             start, end = self.ranges[k]
             return {"weights": init_ref, "rule": cfg.rule, "num_workers": cfg.workers, "lr": cfg.lr,
                     "start": start, "end": end, "index": k, "rule_params": cfg.rule_params(),
-                    "backup_dtype": cfg.backup_dtype, "consistency": cfg.consistency, "schedule": ctx.schedule,
+                    "backup_dtype": cfg.backup_dtype, "clip_norm": cfg.clip_norm, "consistency": cfg.consistency,
+                    "schedule": ctx.schedule,
                     "num_train": len(ctx.data.train_y), "log_updates": k == 0, "buffers": flat.buffers.numpy()}
 
         coordinator_args = {"num_workers": cfg.workers, "consistency": cfg.consistency,
@@ -1006,6 +1016,10 @@ class RayRun:
         data = ctx.data
         self.flat = FlatModel(build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed))
         self.target_samples = math.ceil(cfg.epochs * len(data.train_y))
+        try:                                               # bad input fails here, before Ray starts
+            self.ranges = shard_ranges(self.flat.tensor_sizes, cfg.servers)
+        except ValueError as exc:
+            raise ConfigError(f"servers: {exc}") from None
         self._init_bookkeeping(resume)
         data_bytes = data.train_x.numel() * 4 + data.train_y.numel() * 8
         owns_ray = self._connect(self.flat.num_params, data_bytes)
@@ -1059,7 +1073,7 @@ class RayRun:
     def _open_outputs(self, resume: dict[str, Any] | None) -> None:
         out = self.ctx.out
         append = resume is not None and (out / "metrics.jsonl").exists()
-        self.metrics = MetricsWriter(out / "metrics.jsonl", append=append)
+        self.metrics = open_metrics(out / "metrics.jsonl", self.cfg.tensorboard, lr=lambda: self.lr, append=append)
         self.trace = open(out / "trace.jsonl", "a" if append else "w", encoding="utf-8")
         self.progress = Progress(self.cfg.epochs, enabled=self.cfg.progress)
         if resume is not None:
@@ -1133,7 +1147,9 @@ class RayRun:
         for record in status["events"]:
             if record["event"] == "worker_rejoined":
                 self.restarting.pop(record["worker"], None)
-            self._log_event(record["event"], record["worker"], time_s=record["t"] - self.t0, version=self.version)
+            extra = {k: v for k, v in record.items() if k not in ("event", "worker", "t", "version")}
+            self._log_event(record["event"], record["worker"], time_s=record["t"] - self.t0, version=self.version,
+                            **extra)
         self.diverged = self.diverged or status["diverged"]
         self.stop_reason = status["stop_reason"]
         if status["checkpoint_ready"]:
@@ -1212,7 +1228,9 @@ class RayRun:
         return weights, buffers, int(results[0][1]), float(results[0][3])
 
     def _evaluate(self) -> None:
+        started = time.perf_counter()
         weights, buffers, version, lr = self._pull_weights()
+        self.lr = lr
         threads = torch.get_num_threads()
         torch.set_num_threads(1)                 # the workers own the cores; OpenMP spinning costs 10x
         try:
@@ -1228,6 +1246,7 @@ class RayRun:
         self.metrics.write("staleness", version=version, **self._staleness())
         self.metrics.flush()
         self.evals.append(record)
+        self.eval_wall_s += time.perf_counter() - started
         self.last_error = error
         self.loss_sum, self.loss_count = 0.0, 0
         while self.next_eval_epoch <= self.epoch + 1e-12:
@@ -1241,7 +1260,7 @@ class RayRun:
                    **extra: Any) -> None:
         record = {"event": what, "worker": worker, "time_s": time.time() - self.t0 if time_s is None else time_s,
                   "version": self.version if version is None else version, **extra}
-        if what.startswith("worker_") or what in ("diverged", "stopped_no_live_workers"):
+        if what not in ("checkpoint", "resumed"):           # as the simulator's worker_events
             self.events_log.append(record)
         self.metrics.write("event", **record)
         self.metrics.flush()
@@ -1291,6 +1310,8 @@ class RayRun:
         cfg = self.cfg
         if self.stop_reason is None and not self.diverged:
             self._log_event("stopped_no_live_workers", -1)
+        elif self.stop_reason in ("stop_after_updates", "max_refused"):
+            self._log_event("stopped_early", -1, reason=self.stop_reason)
         if self.diverged:
             self.last_error = 100.0 * (1 - 1 / self.ctx.data.num_classes)     # chance level, as sim
             self.evals.append({**self.evals[-1], "version": self.version, "test_error": self.last_error})
@@ -1299,6 +1320,8 @@ class RayRun:
         if cfg.checkpoint_every and not self.diverged:
             self._checkpoint()
         self.progress.update(self.epoch, self._train_loss(), self.last_error, self.version, self.stats, force=True)
+        infos = self._server_call_all([s.info.remote() for s in self.actors.shards])
+        self.clipped = max(i["clipped"] for i in infos)
         summary = self._summary_fields()
         write_summary(self.ctx.out, summary)
         return summary
@@ -1318,11 +1341,13 @@ class RayRun:
             "mean_staleness": staleness["overall"]["mean"],
             "max_staleness": staleness["overall"]["max"],
             "wall_time_s": wall,
+            "eval_wall_s": self.eval_wall_s,
             "updates_per_s": (self.version - self.start_version) / max(getattr(self, "loop_s", wall), 1e-9),
             "training_s": getattr(self, "loop_s", None),
             "staleness": staleness,
             "pushes_per_worker": staleness["pushes_per_worker"],
             "refused_per_worker": list(self.status["refused"]),
+            "clipped_updates": getattr(self, "clipped", None),   # with S > 1 shards: the most of any shard
             "worker_events": self.events_log,
             "speeds": [x / fastest if (x and fastest) else None for x in means],
             "compute_s_per_gradient": means,
@@ -1346,7 +1371,7 @@ def _ignored_settings(cfg: TrainConfig) -> list[str]:
     """Settings of the simulator (or not yet implemented here) that this run did not use."""
     default = TrainConfig()
     names = ("base_time", "speeds", "hetero_sigma", "jitter", "stragglers", "comm_time", "failures", "replay",
-             "probe_every", "tensorboard", "clip_norm")
+             "probe_every")
     return [name for name in names if getattr(cfg, name) != getattr(default, name)]
 
 

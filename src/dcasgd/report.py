@@ -261,7 +261,7 @@ def plot_stability(lr_runs, path: Path) -> Path:
     return path
 
 
-def write_report(run_dir: Path, to: Path | None = None) -> list[Path]:
+def write_report(run_dir: Path, to: Path | None = None, probe_run: Path | None = None) -> list[Path]:
     out = to or run_dir
     out.mkdir(parents=True, exist_ok=True)
     meta_path = run_dir / "compare.json"
@@ -281,22 +281,40 @@ def write_report(run_dir: Path, to: Path | None = None) -> list[Path]:
     lr_runs = load_runs(run_dir / "lr")
     if lr_runs:
         written.append(plot_stability(lr_runs, out / "stability.png"))
-    written += _compensation(run_dir, out)
+    for candidate in ([probe_run] if probe_run else []) + [run_dir]:
+        written += write_compensation(candidate, out)
+        if written[-1].name == "compensation.md":
+            break
     return written
 
 
-def _compensation(run_dir: Path, out: Path) -> list[Path]:
-    """compensation.png from probe records, if any run directory has them."""
-    try:
-        from .plots_compensation import load_probe_records, plot_compensation
-    except ImportError:
+def write_compensation(run_dir: Path, out: Path) -> list[Path]:
+    """compensation.png and compensation.md from the probe records of ``run_dir`` (a run directory)."""
+    from .plots_compensation import load_probe_records, plot_compensation
+    records = load_probe_records(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+    summary_path = run_dir / "summary.json"
+    if not records or not summary_path.exists():
         return []
-    for candidate in sorted(run_dir.glob("**/metrics.jsonl")):
-        records = load_probe_records(candidate.parent)
-        if records:
-            plot_compensation(records, out / "compensation.png")
-            return [out / "compensation.png"]
-    return []
-
-
-
+    summary = json.loads(summary_path.read_text())
+    probe, cfg = summary["probe"], summary["config"]
+    png = plot_compensation(records, out / "compensation.png")
+    text = "\n".join([
+        "# How well does delay compensation approximate the fresh gradient?",
+        "",
+        f"_Run: `{summary.get('command', '?')}` ({cfg['rule']}, M={cfg['workers']}, {cfg['model']} on "
+        f"{cfg['dataset']}); every {probe['every']}th push probed, {probe['count_stale']} probes with "
+        f"staleness >= 1._",
+        "",
+        "Median relative error ||x - g(w_now)|| / ||g(w_now)|| of each estimate x of the fresh gradient:",
+        "",
+        "| estimate | median relative error | ratio to the delayed gradient |",
+        "|---|---|---|",
+        f"| delayed gradient g(w_bak) | {probe['median_relerr_delayed']:.4f} | 1 |",
+        f"| DC-compensated g + λ g⊙g⊙(w_now − w_bak) | {probe['median_relerr_dc']:.4f} | "
+        f"{probe['median_ratio_dc_to_delayed']:.3f} |",
+        f"| exact first-order Taylor g + H(w_now − w_bak) | {probe['median_relerr_taylor']:.4f} | "
+        f"{probe['median_ratio_taylor_to_delayed']:.3f} |",
+    ])
+    md = out / "compensation.md"
+    md.write_text(text + "\n", encoding="utf-8")
+    return [png, md]

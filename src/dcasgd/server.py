@@ -35,6 +35,10 @@ class PushRejected(ValueError):
     """A push the server refused; the message names the problem."""
 
 
+class ShardError(ValueError):
+    """A shard count that cannot split the parameters (zero, or more shards than parameters)."""
+
+
 class StateMismatch(ValueError):
     """A state dict that does not belong to this server (rule, shape, workers)."""
 
@@ -225,9 +229,9 @@ def shard_ranges(tensor_sizes: Sequence[int], num_shards: int) -> list[tuple[int
     """
     total = sum(tensor_sizes)
     if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        raise ShardError(f"num_shards must be >= 1, got {num_shards}")
     if num_shards > total:
-        raise ValueError(f"{num_shards} server shards for {total} parameters: need at most one shard per parameter")
+        raise ShardError(f"{num_shards} server shards for {total} parameters: need at most one shard per parameter")
     boundaries = [0]
     for size in tensor_sizes:
         boundaries.append(boundaries[-1] + size)
