@@ -171,7 +171,7 @@ class GridProgress:
               f"M={job.workers:<3d} seed={job.seed} lr={_fmt(job.lr)}{dict(job.extra) or ''}: {what}", flush=True)
 
 
-def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], n_jobs: int) -> None:
+def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], n_jobs: int, threads: int) -> None:
     todo = [j for j in jobs if read_summary(j.out) is None]
     progress = GridProgress(len(jobs))
     for job in jobs:
@@ -180,7 +180,6 @@ def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], n_jobs: i
     if not todo:
         return
     configs = {job: job.config(base, grid) for job in todo}
-    threads = 1 if n_jobs > 1 else max(1, os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=n_jobs) as pool:
         pending = {pool.submit(_run_job, configs[job], threads): job for job in todo}
         while pending:
@@ -190,16 +189,21 @@ def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], n_jobs: i
                 progress.finished(job, future.result())
 
 
-def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int) -> dict[str, Any]:
-    """Run all phases; returns what compare.json records."""
+def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, threads: int = 0) -> dict[str, Any]:
+    """Run all phases; returns what compare.json records.
+
+    ``threads`` torch threads per run (0: cores / jobs).  Results are bit-reproducible for
+    the same thread count; it is part of the command recorded in compare.json.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    threads = threads or max(1, (os.cpu_count() or 1) // n_jobs)
     chosen = choose_learning_rates(out, grid)
     if len(grid["lr_grid"]) == 1:
         chosen = {(m, w): grid["lr_grid"][0] for m in grid["methods"] for w in grid["workers"]
                   if (m == "sequential") == (w == 1)}
     for _ in range(2):                       # phase 1 (if needed), then phases 2 and 3
         jobs = plan(base, grid, out, chosen)
-        run_jobs(jobs, base, grid, n_jobs)
+        run_jobs(jobs, base, grid, n_jobs, threads)
         if jobs and jobs[0].phase == "lr":
             chosen = choose_learning_rates(out, grid)
             continue
@@ -250,11 +254,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if grid["val_size"] < 1:
         raise ConfigError("compare needs val_size >= 1: learning rates are chosen on a validation split")
     flags = argparse.Namespace(**{k: v for k, v in vars(args).items()
-                                  if not k.startswith("grid_") and k not in ("jobs", "run_out")})
+                                  if not k.startswith("grid_") and k not in ("jobs", "threads", "run_out")})
     base = config_from_args(flags)
     if args.jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1, got {args.jobs}")
-    record = compare(base, grid, Path(args.run_out), args.jobs)
+    if args.threads < 0:
+        raise ConfigError(f"threads must be an integer >= 0, got {args.threads}")
+    record = compare(base, grid, Path(args.run_out), args.jobs, args.threads)
     print(f"compare finished: {Path(args.run_out)}/ (chosen learning rates: {record['chosen_lr']}); "
           f"next: dcasgd report {args.run_out}")
     return 0
@@ -273,7 +279,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="run the paper's comparison grid (resumable)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_out", metavar="OUT", help="directory for the grid's run directories")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets one thread when > 1)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run (default: cores / jobs); results are bit-reproducible "
+                        "for the same value")
     p.add_argument("--methods", dest="grid_methods", type=_methods, default=None,
                    help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--workers-grid", dest="grid_workers", type=_ints, default=None, metavar="M1,M2",

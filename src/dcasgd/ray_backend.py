@@ -69,7 +69,7 @@ from .flat import FlatModel, _views
 from .models import build_model
 from .run import RunContext, prepare_run, write_summary
 from .server import PushRejected, ServerCore, shard_ranges
-from .sim import OPERATIONAL, _norm
+from .sim import OPERATIONAL
 from .telemetry import Progress, StalenessStats
 from .tensorboard import open_metrics
 from .worker import BatchStream, compute_gradient, evaluate
@@ -1373,6 +1373,15 @@ def _ignored_settings(cfg: TrainConfig) -> list[str]:
     names = ("base_time", "speeds", "hetero_sigma", "jitter", "stragglers", "comm_time", "failures", "replay",
              "probe_every")
     return [name for name in names if getattr(cfg, name) != getattr(default, name)]
+
+
+def _norm(value: Any) -> Any:
+    """Tuples and lists compare equal (a checkpoint's config went through torch.save / JSON)."""
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _norm(v) for k, v in value.items()}
+    return value
 
 
 def _last_version_seen(run_dir: Path) -> int:
