@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         table.append(f"| {size/1e6:.2f}M | {rule} | {server} | {ours:.2f} | {bare:.2f} | {ratio:.2f}x |")
     text = "\n".join(table)
     print(text)
-    command = "python " + " ".join([os.path.relpath(__file__, Path.cwd())] + (argv if argv is not None else sys.argv[1:]))
+    arguments = argv if argv is not None else sys.argv[1:]
+    command = "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *arguments])
     verdict = []
     for server in ("today", "proposed"):
         row = [r for r in rows if r[0] == SIZES[-1] and r[1] == "sgd" and r[2] == server]
@@ -202,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 - date: {dt.datetime.now().isoformat(timespec="seconds")}
 - git commit: {git_commit()}
 - command: `{command}`
-- median of {repeats} round trips after 2 warm-ups, the variants of one size timed in turn; local Ray on 127.0.0.1, 2 CPUs, 1 GiB object store;
-  total benchmark time {time.perf_counter() - started:.0f} s; 1-min load average {load_before:.1f} at the
+- median of {repeats} round trips after 2 warm-ups, the variants of one size timed in turn;
+  local Ray on 127.0.0.1, 2 CPUs, 1 GiB object store; total benchmark time {time.perf_counter() - started:.0f} s; 1-min load average {load_before:.1f} at the
   start, {os.getloadavg()[0]:.1f} at the end (other jobs share this machine: absolute times are noisy, the
   variants of one size are timed in turn so their ratios are comparable)
 

@@ -151,11 +151,13 @@ def speed_section(sizes: list[int], repeats_of, threads_line: str) -> tuple[str,
                                  + ("" if fused else "; the fused kernel is off here: "
                                     + str(kernels.compile_disabled_reason())))
                 if share < TARGET_COPY_SHARE:
+                    overhead = t["push dc-asgd-a"] - t["bare dc-asgd-a"]
                     why_share = (f"short by {100 * (TARGET_COPY_SHARE - share):.0f} points"
-                                 + ("; ServerCore.push spends "
-                                    f"{100 * t['isfinite(g).all()'] / t[f'{path} dc-asgd-a']:.0f}% of its time in "
-                                    "torch.isfinite(g).all() (a P-byte bool temporary and two passes)"
-                                    if path == "push" else "")
+                                 + (f"; ServerCore.push adds {overhead * 1e3:.1f} ms "
+                                    f"({100 * overhead / t['push dc-asgd-a']:.0f}% of the push) to the bare update: "
+                                    "its validation (for scale: `torch.isfinite(g).all()` takes "
+                                    f"{t['isfinite(g).all()'] * 1e3:.1f} ms, `kernels.all_finite(g)` "
+                                    f"{t['kernels.all_finite(g)'] * 1e3:.1f} ms)" if path == "push" else "")
                                  + ("" if fused else "; fused kernel off: " + str(kernels.compile_disabled_reason())))
                 r_txt = verdict(ratio <= TARGET_RATIO, f"dc-asgd-a / sgd time **{ratio:.2f}x**",
                                 f"<= {TARGET_RATIO:g}x", why_ratio)

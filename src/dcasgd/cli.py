@@ -228,6 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except INPUT_ERRORS as exc:
         print(f"dcasgd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as exc:
+        from .ray_backend import RayBackendError
+        if not isinstance(exc, RayBackendError):
+            raise
+        print(f"dcasgd: run failed: {exc} (see summary.json; --resume DIR continues from the last checkpoint)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

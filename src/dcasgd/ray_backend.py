@@ -1,11 +1,12 @@
 """The parameter server on Ray: sharded server actors, worker actors, a coordinator.
 
-Processes (one Ray actor each)::
+Processes::
 
     driver (run_ray, the CLI process)   evaluates, writes metrics/trace/checkpoints, watches workers
-    ServerShard k = 0..S-1              a ServerCore over slice [start_k, end_k) of the flat vector
-    Coordinator                         clocks, consistency waits, stop and checkpoint pauses
-    Worker m = 0..M-1                   model + data, loops pull -> gradient -> push
+    LeadServer actor                    ServerShard 0 and the Coordinator (clocks, consistency waits,
+                                        grants, stop and checkpoint pauses) in one asyncio actor
+    ServerShard actors k = 1..S-1       a ServerCore over slice [start_k, end_k) of the flat vector
+    RayWorker actors m = 0..M-1         model + data, loops pull -> gradient -> push
 
 One gradient of worker m::
 
@@ -24,7 +25,7 @@ remembers the last seq it applied per worker and answers a seq it has already
 applied with the version that push produced, so a retried push is applied
 once, never twice.
 
-Consistency (``consistency.py``) lives in the coordinator, an asyncio actor: a
+Consistency (``consistency.py``) lives in the coordinator, an asyncio object: a
 worker blocked by ``ssp:S`` or by the ``sync`` barrier awaits an
 ``asyncio.Condition`` inside ``Coordinator.next`` (no polling).  ``sync``
 rounds are averaged on each shard by a :class:`~dcasgd.consistency.SyncBarrier`
@@ -81,9 +82,6 @@ PUSH_TIMEOUT_S = 120.0                # a push unanswered this long is retried (
 PUSH_RETRIES = 3
 RESTART_WAIT_S = 120.0                # how long a restarting worker may take before it counts as dead
 INLINE_BYTES = 100 * 1024             # Ray sends smaller objects inline, larger ones via the object store
-# ServerCore.pull(worker, copy=False) (proposed, see docs/ray.md) hands out the live weights: the shard
-# then copies them straight into the object store instead of cloning them first.
-_PULL_CAN_SKIP_COPY = "copy" in inspect.signature(ServerCore.pull).parameters
 
 __all__ = ["run_ray", "RayRun", "ServerShard", "Coordinator", "RayWorker", "RayBackendError", "ServerLost",
            "init_local_ray", "local_ray_options", "loopback_only", "pull_all", "push_all"]
@@ -185,7 +183,8 @@ class ServerShard:
     def pull(self, worker: int) -> tuple[Any, int, np.ndarray | None]:
         """(weights slice or its ObjectRef, version, BatchNorm buffers or None); records w_bak(worker)."""
         buffers = self.buffers.numpy() if self.log is not None else None
-        if _PULL_CAN_SKIP_COPY and self.core.num_params * 4 > INLINE_BYTES:
+        if self.core.num_params * 4 > INLINE_BYTES:
+            # the live weights, copied once straight into the object store (not cloned first)
             weights, version = self.core.pull(worker, copy=False)
             return ray.put(weights.numpy()), version, buffers      # put copies now, before any push runs
         weights, version = self.core.pull(worker)
@@ -246,7 +245,7 @@ class ServerShard:
             expected = set(members if members is not None else range(self.num_workers)) - self.dead
             self.barrier.start(expected)
             self.round_active, self.round_base = True, {}
-        _validate(self.core, worker, g, base_version)
+        self.core.validate(worker, g, base_version)
         if worker not in self.barrier.expected or worker in self.barrier.received:
             self.core.refused[worker] += 1
             raise PushRejected(f"worker {worker}: not expected in this sync round "
@@ -328,18 +327,6 @@ class ServerShard:
         if sd["buffers"].numel() == self.buffers.numel():
             self.buffers.copy_(sd["buffers"])
         return self.core.version
-
-
-def _validate(core: ServerCore, worker: int, grad: torch.Tensor, base_version: int) -> None:
-    """Refuse (and count) a push ServerCore would refuse, without applying it (sync rounds)."""
-    if hasattr(core, "validate"):                    # proposed public API, see docs/ray.md
-        core.validate(worker, grad, base_version)
-        return
-    try:
-        core._check_push(worker, grad, base_version)
-    except PushRejected:
-        core.refused[worker] += 1
-        raise
 
 
 def _readonly_tensor(array: Any) -> torch.Tensor:

@@ -99,22 +99,30 @@ class ServerCore:
 
     # ------------------------------------------------------------ pull / push
 
-    def pull(self, worker: int) -> tuple[torch.Tensor, int]:
-        """Copy of the weights and their version; records the worker's backup."""
+    def pull(self, worker: int, copy: bool = True) -> tuple[torch.Tensor, int]:
+        """The weights and their version; records the worker's backup.
+
+        ``copy=False`` returns the live weights without a copy: the caller must
+        copy or serialise them before the next push (the Ray shard does).
+        """
         self._check_worker(worker)
         if self.backups is not None:
             self.backups[worker].copy_(self.weights)
         self.backup_version[worker] = self.version
-        return self.weights.clone(), self.version
+        return (self.weights.clone() if copy else self.weights), self.version
 
-    def push(self, worker: int, grad: torch.Tensor, base_version: int) -> int:
-        """Apply ``grad`` computed at ``base_version`` by ``worker``; returns the new version."""
+    def validate(self, worker: int, grad: torch.Tensor, base_version: int) -> None:
+        """Raise PushRejected (and count it) for a push :meth:`push` would refuse; applies nothing."""
         self._check_worker(worker)
         try:
             self._check_push(worker, grad, base_version)
         except PushRejected:
             self.refused[worker] += 1
             raise
+
+    def push(self, worker: int, grad: torch.Tensor, base_version: int) -> int:
+        """Apply ``grad`` computed at ``base_version`` by ``worker``; returns the new version."""
+        self.validate(worker, grad, base_version)
         staleness = self.version - base_version
         if self.clip_norm:
             grad = self._clip(grad)
@@ -151,7 +159,8 @@ class ServerCore:
         if base_version > self.version or base_version < 0:
             raise PushRejected(f"worker {worker}: base_version {base_version} is not in "
                                f"[0, current version {self.version}] (from the future or negative)")
-        if not bool(torch.isfinite(grad).all()):
+        # one pass without temporaries: a finite sum has no NaN/Inf term; only on overflow check each element
+        if not bool(torch.isfinite(grad.sum())) and not bool(torch.isfinite(grad).all()):
             raise PushRejected(f"worker {worker}: gradient has NaN or Inf values")
         if self.backups is not None and int(self.backup_version[worker]) < 0:
             raise PushRejected(f"worker {worker}: pushed before its first pull (rule "
