@@ -400,17 +400,8 @@ def test_synthetic_does_not_touch_global_rng():
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops: extra intra-op threads only spin when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("dim, classes", [(20, 4), (5, 3)])
-def test_synthetic_is_learnable(dim, classes, one_thread):
+def test_synthetic_is_learnable(dim, classes):
     ds = load_dataset("synthetic", seed=0, synthetic_dim=dim, synthetic_classes=classes)
     torch.manual_seed(0)
     model = torch.nn.Linear(dim, classes)

@@ -20,15 +20,6 @@ from dcasgd.tensorboard import TensorBoardLogger, TensorBoardMissing, open_metri
 from dcasgd.worker import compute_gradient
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a loaded machine's contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- maths on a quadratic
 
 

@@ -24,14 +24,6 @@ def config(out, **kw):
     return TrainConfig(**base)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("extra", [
     dict(failures=((2, 6.0, 14.0),), momentum=0.5),
     dict(consistency="ssp:1", stragglers={1: 2.5}),

@@ -48,7 +48,6 @@ sync averaging in SyncBarrier.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import math
 import os
@@ -68,6 +67,8 @@ from .config import ConfigError, TrainConfig
 from .consistency import SyncBarrier, parse_consistency
 from .flat import FlatModel, _views
 from .models import build_model
+from .probe import CompensationProbe, compensation_metrics, effective_lam
+from .rules import make_rule
 from .run import RunContext, prepare_run, write_summary
 from .server import PushRejected, ServerCore, shard_ranges
 from .sim import OPERATIONAL
@@ -194,6 +195,17 @@ class ServerShard:
         """(weights slice copy, version, buffers, lr) for evaluation; records no backup."""
         return self.core.weights.clone().numpy(), self.core.version, self.buffers.clone().numpy(), self.core.lr
 
+    def probe_weights(self, worker: int) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """For the compensation probe: (weights slice copy, version, MeanSquare row or None); no backup.
+
+        The row is the one ``worker``'s next push would update (dc-asgd-a), as it is now;
+        :func:`dcasgd.probe.effective_lam` turns it into ``lam_eff`` for that push.
+        """
+        self._check_worker(worker)
+        ms = self.core.state.get("mean_square")
+        row = None if ms is None else ms[worker if self.core.rule.per_worker_ms else 0].clone().numpy()
+        return self.core.weights.clone().numpy(), self.core.version, row
+
     # ------------------------------------------------------------ push
 
     def push(self, worker: int, seq: int, base_version: int, grad: Any, num_samples: int,
@@ -311,6 +323,14 @@ class ServerShard:
     def ping(self) -> int:
         return self.core.version
 
+    def pid(self) -> int:
+        """This actor's process id (fault tests kill it with SIGKILL)."""
+        return os.getpid()
+
+    def rss(self) -> int:
+        """Resident set size of this actor's process in bytes (soak test)."""
+        return _rss_bytes()
+
     def state(self) -> dict[str, Any]:
         """Everything to continue exactly: ServerCore.state_dict plus seqs, samples and buffers."""
         return {"core": self.core.state_dict(), "start": self.start, "end": self.end,
@@ -327,6 +347,19 @@ class ServerShard:
         if sd["buffers"].numel() == self.buffers.numel():
             self.buffers.copy_(sd["buffers"])
         return self.core.version
+
+
+def _rss_bytes() -> int:
+    """VmRSS of this process in bytes (Linux /proc), else the peak from getrusage."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _readonly_tensor(array: Any) -> torch.Tensor:
@@ -348,6 +381,7 @@ class _Grant:
     clock: int = 0
     clock_gap: int = 0
     members: list[int] = field(default_factory=list)
+    probe: bool = False          # also measure the delay compensation for this gradient (--probe-every)
 
 
 class Coordinator:
@@ -367,7 +401,8 @@ class Coordinator:
     """
 
     def __init__(self, num_workers: int, consistency: str, target_samples: int, stop_after_updates: int = 0,
-                 checkpoint_every: int = 0, max_refused: int = 0, start: dict[str, Any] | None = None) -> None:
+                 checkpoint_every: int = 0, max_refused: int = 0, start: dict[str, Any] | None = None,
+                 probe_every: int = 0) -> None:
         start = start or {}
         self.M = num_workers
         self.consistency = parse_consistency(consistency)
@@ -379,6 +414,10 @@ class Coordinator:
         self.clock = list(start.get("clock", [0] * num_workers))
         self.refused = list(start.get("refused", [0] * num_workers))
         self.wait_s = list(start.get("wait_s", [0.0] * num_workers))
+        self.lost = list(start.get("lost_gradients", [0] * num_workers))   # granted, never applied: worker died
+        self.probe_every = probe_every
+        self.probe_pushes = int(start.get("probe_pushes", 0))               # async grants counted for the probe
+        self.probes: list[dict[str, Any]] = []                              # probe records not yet drained
         self.next_ckpt = (self.applied_updates // checkpoint_every + 1) * checkpoint_every if checkpoint_every else 0
         self.live = set(range(num_workers))
         self.finished: set[int] = set()
@@ -412,7 +451,7 @@ class Coordinator:
         async with self.cond:
             self.generation[worker] += 1
             self.finished.discard(worker)
-            self._release(worker)
+            self._release(worker, lost=True)
             if worker not in self.live:
                 others = [self.clock[o] for o in self.live]
                 self.live.add(worker)
@@ -450,9 +489,19 @@ class Coordinator:
                     return vars(grant)
                 await self.cond.wait()
 
-    async def applied(self, worker: int) -> None:
-        """Shard 0 applied worker's granted gradient (called from shard 0's push, same process)."""
+    async def applied(self, worker: int, num_samples: int = 0) -> None:
+        """Shard 0 applied worker's granted gradient (called from shard 0's push, same process).
+
+        A push that arrives after its worker was declared dead (its grant given
+        back) still counts: shard 0 applied it, so it is taken back from the grants.
+        """
         async with self.cond:
+            if self.unapplied[worker] is None and not self.sync and num_samples:
+                self.granted_samples += num_samples
+                self.granted_updates += 1
+                self.unapplied[worker] = num_samples
+                if self.lost[worker]:
+                    self.lost[worker] -= 1
             self._count_applied(worker)
             self.cond.notify_all()
 
@@ -466,16 +515,20 @@ class Coordinator:
         if not self.sync:
             self.applied_updates += 1
 
-    def _release(self, worker: int) -> None:
-        """Forget worker's grant; one that never reached shard 0 is given back."""
+    def _release(self, worker: int, lost: bool = False) -> None:
+        """Forget worker's grant; one that never reached shard 0 is given back (``lost``: the worker died)."""
         n = self.unapplied[worker]
         if n is not None:
             self.granted_samples -= n
+            self.lost[worker] += bool(lost)
             if not self.sync:
                 self.granted_updates -= 1
         self.unapplied[worker] = self.inflight[worker] = None
 
     def _report(self, worker: int, report: dict[str, Any]) -> None:
+        if report.get("probe") is not None:
+            self.probes.append(report["probe"])
+            self._attention.set()
         if self.inflight[worker] is None:
             return
         if report.get("applied"):
@@ -529,7 +582,11 @@ class Coordinator:
         self.granted_updates += 1
         self.granted_samples += n
         self.inflight[worker] = self.unapplied[worker] = n
-        return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks))
+        probe = False
+        if self.probe_every:
+            self.probe_pushes += 1
+            probe = self.probe_pushes % self.probe_every == 0
+        return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks), probe=probe)
 
     def _decide_sync(self, worker: int) -> _Grant | None:
         if self.round_active and worker in self.members and self.last_round[worker] < self.round_id:
@@ -581,7 +638,7 @@ class Coordinator:
             self.generation[worker] += 1
             self.live.discard(worker)
             self.waiting.discard(worker)
-            self._release(worker)
+            self._release(worker, lost=True)
             if self.sync and self.round_active and worker in self.members and worker not in self.reported:
                 self.members.discard(worker)
                 if not self.members:
@@ -617,14 +674,17 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         events, self.events = self.events, []
-        return {"events": events, "checkpoint_ready": self.ckpt_ready, "stop_reason": self._stop(),
+        probes, self.probes = self.probes, []
+        return {"events": events, "probes": probes, "lost_gradients": list(self.lost),
+                "checkpoint_ready": self.ckpt_ready, "stop_reason": self._stop(),
                 "diverged": self.diverged, "refused": list(self.refused), "wait_s": list(self.wait_s),
                 "live": sorted(self.live), "finished": sorted(self.finished), "updates": self.applied_updates,
                 "samples": self.applied_samples, "clock": list(self.clock)}
 
     async def coordinator_state(self) -> dict[str, Any]:
         return {"updates": self.applied_updates, "samples": self.applied_samples, "clock": list(self.clock),
-                "refused": list(self.refused), "wait_s": list(self.wait_s)}
+                "refused": list(self.refused), "wait_s": list(self.wait_s), "lost_gradients": list(self.lost),
+                "probe_pushes": self.probe_pushes}
 
 
 class LeadServer:
@@ -646,11 +706,23 @@ class LeadServer:
     def weights(self):
         return self.shard.weights()
 
-    async def push(self, worker: int, seq: int, *args: Any, **kwargs: Any) -> int:
+    def probe_weights(self, worker: int):
+        return self.shard.probe_weights(worker)
+
+    def pid(self) -> int:
+        return self.shard.pid()
+
+    def rss(self) -> int:
+        return self.shard.rss()
+
+    async def push(self, worker: int, seq: int, base_version: int, grad: Any, num_samples: int,
+                   meta: dict[str, Any] | None = None, buffers: Any = None,
+                   members: Sequence[int] | None = None) -> int:
         before = self.shard.last_seq[worker] if isinstance(worker, int) and 0 <= worker < self.shard.num_workers else 0
-        version = self.shard.push(worker, seq, *args, **kwargs)      # plain code: atomic on the event loop
+        # plain code: atomic on the event loop
+        version = self.shard.push(worker, seq, base_version, grad, num_samples, meta, buffers, members)
         if seq > before:                                             # applied now, not a retry
-            await self.coordinator.applied(worker)
+            await self.coordinator.applied(worker, num_samples)
         return version
 
     def join(self, worker: int) -> int:
@@ -721,11 +793,12 @@ def pull_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: i
 def push_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: int, seq: int,
              base_versions: Sequence[int], grad: np.ndarray, num_samples: int,
              meta: dict[str, Any] | None = None, buffers: np.ndarray | None = None,
-             members: Sequence[int] | None = None) -> list[int]:
+             members: Sequence[int] | None = None, pause_s: float = 0.0) -> list[int]:
     """Push each shard its slice (one object-store put per shard, in parallel); returns the versions.
 
     A push that times out or finds its shard briefly unavailable is sent again
-    with the same seq and object; the shard applies it once.
+    with the same seq and object; the shard applies it once.  ``pause_s``
+    (tests) sleeps between sending and reading the answers.
     """
     if len(shards) == 1:
         refs = [ray.put(grad)]
@@ -737,6 +810,8 @@ def push_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: i
                                      meta if k == 0 else None, buffers if k == 0 else None, members)
 
     pending = {k: send(k) for k in range(len(shards))}
+    if pause_s:
+        time.sleep(pause_s)
     versions: list[int] = [0] * len(shards)
     for attempt in range(PUSH_RETRIES + 1):
         retry = {}
@@ -774,12 +849,19 @@ def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
 
 
 class RayWorker:
-    """Worker m: a model, the training set (zero-copy from the object store) and the gradient loop."""
+    """Worker m: a model, the training set (zero-copy from the object store) and the gradient loop.
+
+    ``hooks`` (tests only): ``compute_delay_s`` sleeps after each gradient (a
+    slow worker), ``push_pause_s`` sleeps after the push is sent and before
+    its answer is read (a window in which to kill the process mid-push).
+    """
 
     def __init__(self, index: int, cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray,
-                 num_classes: int, shards: list[Any], ranges: list[tuple[int, int]], coordinator: Any) -> None:
+                 num_classes: int, shards: list[Any], ranges: list[tuple[int, int]], coordinator: Any,
+                 hooks: dict[str, float] | None = None) -> None:
         torch.set_num_threads(1)
         self.index, self.cfg = index, cfg
+        self.hooks = dict(hooks or {})
         self.shards, self.ranges, self.coord = shards, ranges, coordinator
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device 'cuda': worker {index} sees no CUDA device (torch.cuda.is_available() "
@@ -796,6 +878,10 @@ class RayWorker:
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def pid(self) -> int:
+        """This actor's process id (fault tests kill it with SIGKILL)."""
+        return os.getpid()
 
     def run(self) -> dict[str, Any]:
         """Pull, compute, push until the coordinator says stop; returns this worker's tallies."""
@@ -820,13 +906,18 @@ class RayWorker:
                 x, y = x.to(self.device), y.to(self.device)
             result = compute_gradient(self.flat, self.weights, self.buffers, x, y, key)
             grad = result.grad.cpu()
+            if self.hooks.get("compute_delay_s"):
+                time.sleep(self.hooks["compute_delay_s"])
             duration = time.perf_counter() - started
             seq += 1
+            now = self._pull_now() if grant.get("probe") else None      # the weights this push will meet
             report = self._push(seq, base, grad, result.buffers.cpu(), result.loss, int(batch.numel()), {
                 "t_pull": t_pull, "t_push": time.time(), "duration_s": max(duration, 1e-9),
                 "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"]},
                 grant["members"] or None)
             gradients += bool(report["applied"])
+            if now is not None and report["applied"]:
+                report["probe"] = self._probe(now, base, grad, x, y, key, report["version"])
 
     def _push(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, loss: float,
               n: int, meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
@@ -844,11 +935,46 @@ class RayWorker:
                     pass
             return {"applied": False, "nonfinite": True, "loss": loss}
         try:
-            push_all(self.shards, self.ranges, self.index, seq, base, g, n, meta,
-                     buffers.numpy() if buffers.numel() else None, members)
+            versions = push_all(self.shards, self.ranges, self.index, seq, base, g, n, meta,
+                                buffers.numpy() if buffers.numel() else None, members,
+                                pause_s=self.hooks.get("push_pause_s", 0.0))
         except PushRejected as exc:
             return {"applied": False, "error": str(exc), "loss": loss}
-        return {"applied": True, "loss": loss}
+        return {"applied": True, "loss": loss, "version": versions[0]}
+
+    # ------------------------------------------------------------ compensation probe (--probe-every)
+
+    def _pull_now(self) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """The server's current weights (no backup recorded), version and MeanSquare state, just before a push."""
+        results = ray.get([s.probe_weights.remote(self.index) for s in self.shards])
+        weights = torch.from_numpy(np.concatenate([r[0] for r in results]))
+        rows = [r[2] for r in results]
+        ms = None if rows[0] is None else torch.from_numpy(np.concatenate(rows))
+        return weights, int(results[0][1]), ms
+
+    def _probe(self, now: tuple[torch.Tensor, int, torch.Tensor | None], base: list[int], grad: torch.Tensor,
+               x: torch.Tensor, y: torch.Tensor, key: int, version: int) -> dict[str, Any]:
+        """One :mod:`dcasgd.probe` record for the gradient just pushed (measured after the push).
+
+        ``w_now`` is what the shards held right before the push was sent; other
+        workers' pushes may land in between, so ``staleness`` here is
+        ``version of w_now - base_version`` and ``push_staleness`` the staleness the
+        push was applied with.  ``lam_eff`` (dc-asgd-a) comes from the MeanSquare row
+        read together with ``w_now``, updated with this gradient on a copy, as in
+        the simulator (:func:`dcasgd.probe.effective_lam`).
+        """
+        weights_now, version_now, ms = now
+        rule = make_rule(self.cfg.rule, **self.cfg.rule_params())
+        state = {"mean_square": ms[None]} if ms is not None else {}
+        lam_eff, lam, form = effective_lam(rule, state, grad, 0)
+        dev = self.device
+        if isinstance(lam_eff, torch.Tensor):
+            lam_eff = lam_eff.to(dev)
+        metrics = compensation_metrics(self.flat, self.weights.clone().to(dev), weights_now.to(dev),
+                                       self.buffers.to(dev), x, y, key, grad.clone().to(dev), lam_eff)
+        return {"version": version, "worker": self.index, "staleness": version_now - base[0],
+                "push_staleness": version - 1 - base[0], "version_now": version_now, **metrics,
+                "lam": lam, "lam_form": form}
 
 
 # ====================================================================== driver

@@ -10,15 +10,14 @@ split), ``updates``, ``mean_staleness``, ``max_staleness``, ``wall_time_s``,
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import atomic_write_bytes
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .rules import LRSchedule
@@ -51,17 +50,7 @@ def prepare_run(cfg: TrainConfig) -> RunContext:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file, fsync and rename: never half written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
