@@ -66,9 +66,9 @@ ServerCore as it is and for the update work alone.
 
 def _provenance(text: str) -> tuple[str, str, str]:
     """(date, commit, command) from a section's provenance line."""
-    date = re.search(r"date: ([^;]+);", text)
-    commit = re.search(r"commit: ([^;]+);", text)
-    command = re.search(r"command: `([^`]+)`", text)
+    date = re.search(r"date: ([^;\n]+)", text)              # "date: X; commit: Y; command: `Z`" or one per line
+    commit = re.search(r"commit: ([^;\n]+)", text)
+    command = re.search(r"command: `([^`\n]+)`", text)
     return tuple(m.group(1).strip() if m else "?" for m in (date, commit, command))  # type: ignore[return-value]
 
 
@@ -96,6 +96,8 @@ def assemble() -> Path:
     body = [INTRO, "## Latest figures\n\n" + "\n".join(index), SHARDS]
     for path in files:
         text = path.read_text(encoding="utf-8").strip()
+        if text.startswith("# "):                             # keep one title for the whole file
+            text = "#" + text
         body.append(f'<a id="{path.stem.replace("_", "-")}"></a>\n\n{text}')
     README.write_text("\n\n".join(part.strip() for part in body) + "\n", encoding="utf-8")
     return README

@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         table(["S", "P/S", "update path", "pull ms", "push ms", "t_server ms", "max updates/s (1/t_server)",
                "M*", "update + backup copy only, ms", "M* if only that"], srows),
         "The last two columns are the work any server must do per update (the rule's update, and the backup "
-        "copy for DC rules); the gap to `t_server` is ServerCore's own overhead (the clone handed out at the pull "
-        "and the finite check's P-sized temporary at the push, both page-faulting fresh memory here).",
+        "copy for DC rules); the gap to `t_server` is ServerCore's own overhead: mostly the copy of the weights "
+        "handed out at the pull (`weights.clone()`, a fresh P-sized allocation that page-faults here; a Ray shard "
+        "serialises the weights instead), then the push's validation.  A slice below the fused-kernel threshold "
+        "takes the eager chain, which costs more per parameter.",
         "Predicted updates/s, min(M / (T_cycle + t_server), 1 / t_server(P/S)); `*` = server-bound (saturated).  "
         "Last column: "
         f"server memory in GB for M workers (`bytes_per_param` x P), all in one shard / per shard at S={max(shards)}.",

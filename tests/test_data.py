@@ -332,7 +332,8 @@ def test_search_order(isolated, monkeypatch):
     monkeypatch.setenv("DCASGD_DATA", str(places["env"]))
 
     assert find_dataset_dir("mnist", root=str(places["root"])) == places["root"] / "mnist"
-    assert find_dataset_dir("mnist", root=str(isolated / "incomplete")) == places["env"] / "mnist"
+    with pytest.raises(DatasetError, match="incomplete.*missing: t10k-labels-idx1-ubyte"):
+        find_dataset_dir("mnist", root=str(isolated / "incomplete"))   # the user pointed there: no fall-through
     assert find_dataset_dir("mnist") == places["env"] / "mnist"
     monkeypatch.delenv("DCASGD_DATA")
     assert find_dataset_dir("mnist") == places["home"] / "mnist"

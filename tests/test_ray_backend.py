@@ -138,6 +138,40 @@ def test_sync_through_the_cli_gives_equal_pushes(local_ray, tmp_path, capsys):
     assert versions == sorted(versions) and versions[-1] == 32
 
 
+# ---------------------------------------------------------------- probe, TensorBoard, staleness telemetry
+
+
+def test_probe_tensorboard_and_waits_under_ssp0_with_a_slow_worker(local_ray, tmp_path):
+    """--probe-every 2 and --tensorboard on Ray; ssp:0 with worker 1 slowed makes worker 0 wait."""
+    from dcasgd.probe import RECORD_FIELDS, CompensationProbe
+
+    out, tb = tmp_path / "probe", tmp_path / "tb"
+    summary = rb.run_ray(make_cfg(out, consistency="ssp:0", epochs=1.0, probe_every=2, tensorboard=str(tb)),
+                         worker_hooks={1: {"compute_delay_s": 0.05}})
+    assert summary["updates"] == 64 and "probe_every" not in summary["ignored_settings"]
+    records = read_jsonl(out / "metrics.jsonl")
+    probes = [r for r in records if r["kind"] == "probe"]
+    assert len(probes) == 32 == summary["probe"]["count"]             # every 2nd of 64 pushes
+    assert set(summary["probe"]) == set(CompensationProbe(2).summary()) | {"lam", "lam_form"}
+    versions = {r["version"]: r for r in records if r["kind"] == "update"}
+    for p in probes:
+        assert set(RECORD_FIELDS) <= set(p) and p["lam_form"] == "dc-asgd-a"
+        assert p["recompute_err"] < 1e-4                              # same batch, key and buffers as the push
+        assert versions[p["version"]]["worker"] == p["worker"]        # the push it describes
+        assert p["epoch"] == versions[p["version"]]["epoch"]
+        assert p["staleness"] >= 0 and (p["staleness"] > 0 or p["delta_norm"] == 0)
+    assert list(tb.glob("events.out.tfevents.*"))                    # TensorBoard got the lines too
+    # staleness telemetry: overall and per worker, pushes and waits per worker, periodic lines
+    st = summary["staleness"]
+    for d in (st["overall"], *st["per_worker"]):
+        assert {"histogram", "p50", "p90", "p99", "max", "mean", "count"} <= set(d)
+    assert summary["pushes_per_worker"] == st["pushes_per_worker"] and sum(summary["pushes_per_worker"]) == 64
+    waits = summary["wait_s_per_worker"]
+    assert waits == st["wait_s_per_worker"] and waits[0] > max(0.3, waits[1])   # worker 0 waited for the slow one
+    assert summary["updates_per_s"] > 0
+    assert sum(r["kind"] == "staleness" for r in records) >= 2
+
+
 # ---------------------------------------------------------------- faults
 
 

@@ -243,7 +243,7 @@ class ServerShard:
                              "staleness": staleness, "n": num_samples,
                              "epoch": self.samples / self.num_train if self.num_train else 0.0,
                              "t_applied": received, "t_push": meta.get("t_push", received),
-                             **{k: meta[k] for k in ("t_pull", "duration_s", "loss", "clock", "clock_gap")
+                             **{k: meta[k] for k in ("t_pull", "duration_s", "loss", "clock", "clock_gap", "probe")
                                 if k in meta}})
         return version
 
@@ -418,6 +418,7 @@ class Coordinator:
         self.probe_every = probe_every
         self.probe_pushes = int(start.get("probe_pushes", 0))               # async grants counted for the probe
         self.probes: list[dict[str, Any]] = []                              # probe records not yet drained
+        self.pids: list[int | None] = [None] * num_workers                  # worker processes, as they joined
         self.next_ckpt = (self.applied_updates // checkpoint_every + 1) * checkpoint_every if checkpoint_every else 0
         self.live = set(range(num_workers))
         self.finished: set[int] = set()
@@ -446,9 +447,10 @@ class Coordinator:
 
     # ------------------------------------------------------------ worker calls
 
-    async def worker_join(self, worker: int) -> dict[str, Any]:
-        """Worker (re)starts; a restarted worker rejoins at the slowest live clock."""
+    async def worker_join(self, worker: int, pid: int | None = None) -> dict[str, Any]:
+        """Worker (re)starts (in process ``pid``); a restarted worker rejoins at the slowest live clock."""
         async with self.cond:
+            self.pids[worker] = pid
             self.generation[worker] += 1
             self.finished.discard(worker)
             self._release(worker, lost=True)
@@ -675,7 +677,8 @@ class Coordinator:
     def status(self) -> dict[str, Any]:
         events, self.events = self.events, []
         probes, self.probes = self.probes, []
-        return {"events": events, "probes": probes, "lost_gradients": list(self.lost),
+        return {"events": events, "probes": probes, "probe_pushes": self.probe_pushes, "pids": list(self.pids),
+                "lost_gradients": list(self.lost),
                 "checkpoint_ready": self.ckpt_ready, "stop_reason": self._stop(),
                 "diverged": self.diverged, "refused": list(self.refused), "wait_s": list(self.wait_s),
                 "live": sorted(self.live), "finished": sorted(self.finished), "updates": self.applied_updates,
@@ -747,8 +750,8 @@ class LeadServer:
         return self.shard.load_state(sd)
 
     # coordinator
-    async def worker_join(self, worker: int) -> dict[str, Any]:
-        return await self.coordinator.worker_join(worker)
+    async def worker_join(self, worker: int, pid: int | None = None) -> dict[str, Any]:
+        return await self.coordinator.worker_join(worker, pid)
 
     async def next(self, worker: int, generation: int, report: dict[str, Any] | None,
                    num_samples: int) -> dict[str, Any]:
@@ -879,15 +882,11 @@ class RayWorker:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def pid(self) -> int:
-        """This actor's process id (fault tests kill it with SIGKILL)."""
-        return os.getpid()
-
     def run(self) -> dict[str, Any]:
         """Pull, compute, push until the coordinator says stop; returns this worker's tallies."""
         m, cfg = self.index, self.cfg
         seq = max(ray.get([s.join.remote(m) for s in self.shards]))    # continue after the last applied seq
-        generation = ray.get(self.coord.worker_join.remote(m))["generation"]
+        generation = ray.get(self.coord.worker_join.remote(m, os.getpid()))["generation"]
         report, gradients = None, 0
         w_np = self.weights.numpy()
         while True:
@@ -913,7 +912,8 @@ class RayWorker:
             now = self._pull_now() if grant.get("probe") else None      # the weights this push will meet
             report = self._push(seq, base, grad, result.buffers.cpu(), result.loss, int(batch.numel()), {
                 "t_pull": t_pull, "t_push": time.time(), "duration_s": max(duration, 1e-9),
-                "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"]},
+                "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"],
+                **({"probe": True} if now is not None else {})},
                 grant["members"] or None)
             gradients += bool(report["applied"])
             if now is not None and report["applied"]:
@@ -994,14 +994,20 @@ class RayRun:
     into the ``.options()`` of the server/coordinator actors and of the
     worker actors (e.g. ``{"resources": {"ps": 1}}`` to place them).
     ``on_tick(run)`` (internal, for tests) is called from the driver loop.
+    ``worker_hooks`` (internal, for tests): ``{m: hooks}`` for :class:`RayWorker`.
+    ``time_limit_s`` (internal, soak test): stop granting gradients after this
+    many seconds of training (``stop_reason: "time_limit"``).
     """
 
     def __init__(self, cfg: TrainConfig, *, actor_options: dict[str, dict] | None = None,
-                 on_tick: Callable[["RayRun"], None] | None = None, tick_s: float = 0.25) -> None:
+                 on_tick: Callable[["RayRun"], None] | None = None, tick_s: float = 0.25,
+                 worker_hooks: dict[int, dict[str, float]] | None = None, time_limit_s: float | None = None) -> None:
         self.cfg = cfg
         self.actor_options = actor_options or {}
         self.on_tick = on_tick
         self.tick_s = tick_s
+        self.worker_hooks = worker_hooks or {}
+        self.time_limit_s = time_limit_s
         self.actors: _Actors | None = None
         self.lr = cfg.lr                          # the server's lr at the last evaluation (TensorBoard)
         self.eval_wall_s = 0.0
@@ -1090,7 +1096,8 @@ class RayRun:
         coordinator_args = {"num_workers": cfg.workers, "consistency": cfg.consistency,
                             "target_samples": self.target_samples, "stop_after_updates": cfg.stop_after_updates,
                             "checkpoint_every": cfg.checkpoint_every, "max_refused": cfg.max_refused,
-                            "start": dict(resume["coordinator"]) if resume else None}
+                            "start": dict(resume["coordinator"]) if resume else None,
+                            "probe_every": cfg.probe_every}
         # a nested ObjectRef is not resolved for us: shard 0 gets the array itself
         lead = ray.remote(LeadServer).options(max_restarts=0, **server_opts).remote(
             {**shard_args(0), "weights": flat.params.numpy()}, coordinator_args)
@@ -1103,7 +1110,7 @@ class RayRun:
         x_ref, y_ref = ray.put(ctx.data.train_x.numpy()), ray.put(ctx.data.train_y.numpy())
         worker_cls = ray.remote(RayWorker)
         workers = [worker_cls.options(max_restarts=cfg.worker_restarts, max_task_retries=0, **worker_opts).remote(
-            m, cfg, x_ref, y_ref, ctx.data.num_classes, shards, self.ranges, coordinator)
+            m, cfg, x_ref, y_ref, ctx.data.num_classes, shards, self.ranges, coordinator, self.worker_hooks.get(m))
             for m in range(cfg.workers)]
         self.actors = _Actors(shards, coordinator, workers)
         self._keep = (init_ref, x_ref, y_ref)     # constructor arguments a restarted worker needs again
@@ -1155,13 +1162,17 @@ class RayRun:
     def _init_bookkeeping(self, resume: dict[str, Any] | None) -> None:
         cfg = self.cfg
         self.stats = StalenessStats(cfg.workers)
+        self.probe = CompensationProbe.from_config(cfg)       # its records come from the workers
+        self.probe_epochs: dict[int, float] = {}              # version of a probed push -> epoch
         self.evals: list[dict[str, Any]] = []
         self.events_log: list[dict[str, Any]] = []
         self.checkpoints: list[dict[str, Any]] = []
         self.gradients, self.loss_sum, self.loss_count = 0, 0.0, 0
         self.next_eval_epoch, self.last_error = 0.0, None
         self.restarts = [0] * cfg.workers
-        self.status: dict[str, Any] = {"refused": [0] * cfg.workers, "wait_s": [0.0] * cfg.workers}
+        self.worker_pids: list[int | None] = [None] * cfg.workers
+        self.status: dict[str, Any] = {"refused": [0] * cfg.workers, "wait_s": [0.0] * cfg.workers,
+                                       "lost_gradients": [0] * cfg.workers}
         self.durations: list[list[float]] = [[0.0, 0] for _ in range(cfg.workers)]
         self.diverged, self.stop_reason = False, None
         self.lost_updates, self.resumed_from, elapsed = 0, None, 0.0
@@ -1172,6 +1183,8 @@ class RayRun:
             self.gradients, self.next_eval_epoch = int(d["gradients"]), float(d["next_eval_epoch"])
             self.last_error = self.evals[-1]["test_error"] if self.evals else None
             self.durations = [list(x) for x in d["durations"]]
+            if self.probe is not None and d.get("probe"):
+                self.probe.load_state_dict(d["probe"])
             self.version, self.epoch = int(resume["version"]), float(d["epoch"])
             self.lost_updates = int(resume["lost_updates"])
             self.resumed_from = {"checkpoint": resume["path"], "version": self.version,
@@ -1222,7 +1235,12 @@ class RayRun:
         self.restarting: dict[int, float] = {}          # worker -> when its restart was asked for
         self.resubmit_at: dict[int, float] = {}         # worker -> when to call run() again
         event_ref = a.coordinator.wait_event.remote(self.tick_s)
+        stop_asked = False
         while self.pending or self.resubmit_at:
+            if (self.time_limit_s is not None and not stop_asked
+                    and time.perf_counter() - self.loop_start >= self.time_limit_s):
+                stop_asked = True
+                self._server_call(a.coordinator.request_stop.remote("time_limit"))
             for m, at in list(self.resubmit_at.items()):
                 if time.time() >= at:
                     del self.resubmit_at[m]
@@ -1265,6 +1283,11 @@ class RayRun:
                             **extra)
         self.diverged = self.diverged or status["diverged"]
         self.stop_reason = status["stop_reason"]
+        self.worker_pids = status.get("pids", self.worker_pids)     # (fault tests kill these)
+        for record in status.get("probes", ()):
+            self._probe_record(record)
+        if self.probe is not None:
+            self.probe.pushes = int(status.get("probe_pushes", self.probe.pushes))   # counted by the coordinator
         if status["checkpoint_ready"]:
             self._drain()                                     # the log up to the pause, then the snapshot
             self._checkpoint()
@@ -1315,6 +1338,8 @@ class RayRun:
                     r[key] -= self.t0                          # absolute wall clock -> seconds since start
             self.version = max(self.version, int(r["version"]))
             self.epoch = float(r["epoch"])
+            if r.get("probe"):
+                self.probe_epochs[int(r["version"])] = self.epoch
             self.gradients += 1
             self.stats.record(r["worker"], int(r["staleness"]))
             if "loss" in r:
@@ -1330,6 +1355,14 @@ class RayRun:
                                                                  "staleness", "t_pull", "t_push", "duration_s")},
                                         sort_keys=True) + "\n")
         self.trace.flush()
+
+    def _probe_record(self, record: dict[str, Any]) -> None:
+        """A worker's compensation-probe record: a ``probe`` line and one more record for the summary."""
+        if self.probe is None:
+            return
+        record = {**record, "epoch": self.probe_epochs.pop(record["version"], self.epoch)}
+        self.probe.records.append(record)
+        self.metrics.write("probe", **record)
 
     def _train_loss(self) -> float:
         return self.loss_sum / self.loss_count if self.loss_count else math.nan
@@ -1397,7 +1430,8 @@ class RayRun:
             "coordinator": self._server_call(a.coordinator.coordinator_state.remote()),
             "driver": {"stats": self.stats.state_dict(), "evals": self.evals, "events": self.events_log,
                        "gradients": self.gradients, "next_eval_epoch": self.next_eval_epoch, "epoch": self.epoch,
-                       "durations": self.durations, "elapsed_s": time.time() - self.t0},
+                       "durations": self.durations, "elapsed_s": time.time() - self.t0,
+                       "probe": self.probe.state_dict() if self.probe is not None else None},
         }
         path = save_checkpoint(self.ctx.out / "checkpoints", state, version, keep=cfg.keep_checkpoints)
         self.last_ckpt_version = version
@@ -1423,7 +1457,7 @@ class RayRun:
         cfg = self.cfg
         if self.stop_reason is None and not self.diverged:
             self._log_event("stopped_no_live_workers", -1)
-        elif self.stop_reason in ("stop_after_updates", "max_refused"):
+        elif self.stop_reason in ("stop_after_updates", "max_refused", "time_limit"):
             self._log_event("stopped_early", -1, reason=self.stop_reason)
         if self.diverged:
             self.last_error = 100.0 * (1 - 1 / self.ctx.data.num_classes)     # chance level, as sim
@@ -1459,7 +1493,9 @@ class RayRun:
             "training_s": getattr(self, "loop_s", None),
             "staleness": staleness,
             "pushes_per_worker": staleness["pushes_per_worker"],
+            "wait_s_per_worker": staleness["wait_s_per_worker"],
             "refused_per_worker": list(self.status["refused"]),
+            "lost_gradients_per_worker": list(self.status.get("lost_gradients", [])),
             "clipped_updates": getattr(self, "clipped", None),   # with S > 1 shards: the most of any shard
             "worker_events": self.events_log,
             "speeds": [x / fastest if (x and fastest) else None for x in means],
@@ -1477,14 +1513,14 @@ class RayRun:
             "checkpoints": self.checkpoints,
             "worker_restarts_used": self.restarts,
             "ignored_settings": _ignored_settings(self.cfg),
+            **({"probe": self.probe.summary()} if self.probe is not None else {}),
         }
 
 
 def _ignored_settings(cfg: TrainConfig) -> list[str]:
     """Settings of the simulator (or not yet implemented here) that this run did not use."""
     default = TrainConfig()
-    names = ("base_time", "speeds", "hetero_sigma", "jitter", "stragglers", "comm_time", "failures", "replay",
-             "probe_every")
+    names = ("base_time", "speeds", "hetero_sigma", "jitter", "stragglers", "comm_time", "failures", "replay")
     return [name for name in names if getattr(cfg, name) != getattr(default, name)]
 
 
@@ -1522,6 +1558,12 @@ def _last_version_seen(run_dir: Path) -> int:
 
 
 def run_ray(cfg: TrainConfig, *, actor_options: dict[str, dict] | None = None,
-            on_tick: Callable[[RayRun], None] | None = None) -> dict[str, Any]:
-    """Validate ``cfg``, train on Ray (local loopback Ray unless ``cfg.address``), return the summary."""
-    return RayRun(cfg, actor_options=actor_options, on_tick=on_tick).run()
+            on_tick: Callable[[RayRun], None] | None = None,
+            worker_hooks: dict[int, dict[str, float]] | None = None,
+            time_limit_s: float | None = None) -> dict[str, Any]:
+    """Validate ``cfg``, train on Ray (local loopback Ray unless ``cfg.address``), return the summary.
+
+    The keywords are internal (tests, soak): see :class:`RayRun`.
+    """
+    return RayRun(cfg, actor_options=actor_options, on_tick=on_tick, worker_hooks=worker_hooks,
+                  time_limit_s=time_limit_s).run()
