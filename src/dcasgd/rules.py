@@ -161,12 +161,15 @@ class Rule:
         scratch = state["scratch"]
         torch.sub(w, backup, out=scratch)          # w - backup
         scratch.mul_(g).mul_(g)                    # g*g*(w - backup)
+        # The order of these ops is part of the results: the committed studies were computed
+        # with exactly this rounding, so keep it (the fused kernel is used only for P >= 1M).
         if self.name == "dc-asgd-c":
-            return torch.add(g, scratch, alpha=self.lam, out=scratch)
-        ms = state["mean_square"][worker if self.per_worker_ms else 0]
-        ms.mul_(self.m).addcmul_(g, g, value=1.0 - self.m)
-        # g + lam0 * g*g*(w - backup) / sqrt(ms + eps)
-        return torch.addcdiv(g, scratch, ms.add(self.eps).sqrt_(), value=self.lam0, out=scratch)
+            scratch.mul_(self.lam)
+        else:
+            ms = state["mean_square"][worker if self.per_worker_ms else 0]
+            ms.mul_(self.m).addcmul_(g, g, value=1.0 - self.m)
+            scratch.mul_(self.lam0).div_(ms.add(self.eps).sqrt_())   # lam0 / sqrt(ms + eps)
+        return scratch.add_(g)
 
 
 def _check_range(name: str, value: float, lo: float, hi: float, hi_open: bool = False) -> None:
