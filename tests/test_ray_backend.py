@@ -344,6 +344,40 @@ def test_coordinator_grants_exactly_the_target_and_gives_back_a_dead_workers_gra
     run_async(scenario())
 
 
+def test_coordinator_counts_a_push_that_lands_after_its_worker_was_declared_dead():
+    async def scenario():
+        c = rb.Coordinator(2, "async", target_samples=4)
+        g0, g1 = [(await c.worker_join(m))["generation"] for m in (0, 1)]
+        assert (await c.next(0, g0, None, 2))["go"] and (await c.next(1, g1, None, 2))["go"]
+        await c.worker_failed(1)                             # its grant goes back: counted as lost ...
+        assert c.granted_samples == 2 and c.lost == [0, 1]
+        await c.applied(1, 2)                                # ... until shard 0 applies the push it had sent
+        assert c.granted_samples == 4 and c.lost == [0, 0] and c.applied_samples == 2
+        await c.applied(0, 2)
+        stop = await c.next(0, g0, {"applied": True}, 2)
+        assert stop["reason"] == "target" and c.applied_updates == 2 and c.applied_samples == 4
+
+    run_async(scenario())
+
+
+def test_coordinator_marks_every_kth_async_grant_for_the_probe():
+    async def scenario():
+        c = rb.Coordinator(1, "async", target_samples=10**6, probe_every=2)
+        g = (await c.worker_join(0))["generation"]
+        flags, report = [], None
+        for _ in range(4):
+            flags.append((await c.next(0, g, report, 1))["probe"])
+            await c.applied(0, 1)
+            report = {"applied": True, "probe": {"version": len(flags)}} if flags[-1] else {"applied": True}
+        await c.next(0, g, report, 1)
+        assert flags == [False, True, False, True]
+        status = c.status()
+        assert [p["version"] for p in status["probes"]] == [2, 4] and status["probe_pushes"] == 5
+        assert c.status()["probes"] == []                    # drained
+
+    run_async(scenario())
+
+
 def test_coordinator_sync_rounds_wait_for_every_live_worker():
     async def scenario():
         c = rb.Coordinator(2, "sync", target_samples=10**6, stop_after_updates=2)

@@ -796,12 +796,12 @@ def pull_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: i
 def push_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: int, seq: int,
              base_versions: Sequence[int], grad: np.ndarray, num_samples: int,
              meta: dict[str, Any] | None = None, buffers: np.ndarray | None = None,
-             members: Sequence[int] | None = None, pause_s: float = 0.0) -> list[int]:
+             members: Sequence[int] | None = None, after_send: Callable[[], None] | None = None) -> list[int]:
     """Push each shard its slice (one object-store put per shard, in parallel); returns the versions.
 
     A push that times out or finds its shard briefly unavailable is sent again
-    with the same seq and object; the shard applies it once.  ``pause_s``
-    (tests) sleeps between sending and reading the answers.
+    with the same seq and object; the shard applies it once.  ``after_send``
+    (tests) runs between sending and reading the answers.
     """
     if len(shards) == 1:
         refs = [ray.put(grad)]
@@ -813,8 +813,8 @@ def push_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: i
                                      meta if k == 0 else None, buffers if k == 0 else None, members)
 
     pending = {k: send(k) for k in range(len(shards))}
-    if pause_s:
-        time.sleep(pause_s)
+    if after_send is not None:
+        after_send()
     versions: list[int] = [0] * len(shards)
     for attempt in range(PUSH_RETRIES + 1):
         retry = {}
@@ -856,12 +856,13 @@ class RayWorker:
 
     ``hooks`` (tests only): ``compute_delay_s`` sleeps after each gradient (a
     slow worker), ``push_pause_s`` sleeps after the push is sent and before
-    its answer is read (a window in which to kill the process mid-push).
+    its answer is read (a window in which to kill the process mid-push;
+    ``push_pause_mark`` names a file that says "pid seq" during that sleep).
     """
 
     def __init__(self, index: int, cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray,
                  num_classes: int, shards: list[Any], ranges: list[tuple[int, int]], coordinator: Any,
-                 hooks: dict[str, float] | None = None) -> None:
+                 hooks: dict[str, Any] | None = None) -> None:
         torch.set_num_threads(1)
         self.index, self.cfg = index, cfg
         self.hooks = dict(hooks or {})
@@ -937,10 +938,22 @@ class RayWorker:
         try:
             versions = push_all(self.shards, self.ranges, self.index, seq, base, g, n, meta,
                                 buffers.numpy() if buffers.numel() else None, members,
-                                pause_s=self.hooks.get("push_pause_s", 0.0))
+                                after_send=self._push_pause(seq) if self.hooks.get("push_pause_s") else None)
         except PushRejected as exc:
             return {"applied": False, "error": str(exc), "loss": loss}
         return {"applied": True, "loss": loss, "version": versions[0]}
+
+    def _push_pause(self, seq: int) -> Callable[[], None]:
+        """Test hook: sleep ``push_pause_s`` with the push sent and unanswered; while asleep the
+        file ``push_pause_mark`` (if given) holds "pid seq", so a test can kill the process mid-push."""
+        def pause() -> None:
+            mark = self.hooks.get("push_pause_mark")
+            if mark:
+                Path(mark).write_text(f"{os.getpid()} {seq}", encoding="ascii")
+            time.sleep(float(self.hooks["push_pause_s"]))
+            if mark:
+                Path(mark).unlink(missing_ok=True)
+        return pause
 
     # ------------------------------------------------------------ compensation probe (--probe-every)
 
@@ -1001,7 +1014,7 @@ class RayRun:
 
     def __init__(self, cfg: TrainConfig, *, actor_options: dict[str, dict] | None = None,
                  on_tick: Callable[["RayRun"], None] | None = None, tick_s: float = 0.25,
-                 worker_hooks: dict[int, dict[str, float]] | None = None, time_limit_s: float | None = None) -> None:
+                 worker_hooks: dict[int, dict[str, Any]] | None = None, time_limit_s: float | None = None) -> None:
         self.cfg = cfg
         self.actor_options = actor_options or {}
         self.on_tick = on_tick
@@ -1559,7 +1572,7 @@ def _last_version_seen(run_dir: Path) -> int:
 
 def run_ray(cfg: TrainConfig, *, actor_options: dict[str, dict] | None = None,
             on_tick: Callable[[RayRun], None] | None = None,
-            worker_hooks: dict[int, dict[str, float]] | None = None,
+            worker_hooks: dict[int, dict[str, Any]] | None = None,
             time_limit_s: float | None = None) -> dict[str, Any]:
     """Validate ``cfg``, train on Ray (local loopback Ray unless ``cfg.address``), return the summary.
 

@@ -243,7 +243,8 @@ class Simulator:
         batch = w.stream.next()
         key = ((self.cfg.seed * 1_000_003 + w.index) * 1_000_003 + w.clock) % (2**63)
         x, y = self.ctx.data.train_x[batch], self.ctx.data.train_y[batch]
-        result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key)
+        # views, not copies, when nothing else computes on the model before the push (no probe)
+        result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key, copy=self.probe is not None)
         return result, (x, y, key)
 
     def _on_finish(self, w: SimWorker) -> None:
@@ -256,7 +257,7 @@ class Simulator:
         self.samples += len(batch[1])
         self.loss_sum += result.loss
         self.loss_count += 1
-        self.server_buffers = result.buffers
+        self.server_buffers.copy_(result.buffers)        # BatchNorm statistics: latest pushed wins
         clock_at_start = w.clock
         w.clock += 1
         if self.consistency.mode == "sync":
@@ -530,7 +531,7 @@ class Simulator:
             "backend": "sim",
             "config": self.cfg.to_dict(),
             "server_bytes_per_param": self.server.bytes_per_param(),
-            **({"probe": self.probe.summary()} if self.probe is not None else {}),
+            **({"probe": self.probe.summary()} if hasattr(self.probe, "summary") else {}),
         }
 
 

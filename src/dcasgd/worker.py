@@ -68,14 +68,20 @@ class BatchStream:
 
 
 def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None,
-                     x: torch.Tensor, y: torch.Tensor, key: int) -> Gradient:
-    """Mean cross-entropy gradient at ``weights`` on batch (x, y); dropout seeded by ``key``."""
+                     x: torch.Tensor, y: torch.Tensor, key: int, copy: bool = True) -> Gradient:
+    """Mean cross-entropy gradient at ``weights`` on batch (x, y); dropout seeded by ``key``.
+
+    ``copy=False`` returns views of the model's flat gradient and buffers, valid only
+    until the next computation on ``flat`` (the simulator pushes them at once).
+    """
     flat.load(weights, buffers)
     flat.module.train()
     flat.zero_grad()
     torch.manual_seed(key)
     loss = F.cross_entropy(flat.module(x), y)
     loss.backward()
+    if not copy:
+        return Gradient(flat.grads, float(loss.detach()), flat.buffers)
     return Gradient(flat.grads.clone(), float(loss.detach()), flat.buffers.clone())
 
 
