@@ -32,10 +32,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_section(name: str, title: str, body: str, argv: list[str]) -> Path:
-    """benchmarks/results/<name>.md: title, provenance line, body."""
+def write_section(name: str, title: str, body: str, argv: list[str], command: str | None = None) -> Path:
+    """benchmarks/results/<name>.md: title, provenance line (``command`` or one made from argv), body."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/" + " ".join([Path(argv[0]).name, *argv[1:]])
+    command = command or "python benchmarks/" + " ".join([Path(argv[0]).name, *argv[1:]])
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"## {title}\n\n_Machine: {machine()}; date: {stamp}; commit: {git_commit()}; "
             f"command: `{command}`_\n\n{body}\n")

@@ -96,9 +96,12 @@ def test_unreadable_or_foreign_checkpoint(tmp_path, content, message):
     (["--rule", "sgd"], "rule: checkpoint 'dc-asgd-a'"),
 ])
 def test_checkpoint_from_a_different_model_or_rule(tmp_path, change, message):
+    root = tmp_path / "data"
+    write_idx_dataset(root / "mnist", n_train=64, n_test=16)        # images, so mlp and cnn both fit
     run_dir = tmp_path / "old"
-    first = run_cli("train", "--dataset", "synthetic", "--model", "mlp", "--workers", "2", "--epochs", "1",
-                    "--batch-size", "32", "--stop-after-updates", "5", "--out", str(run_dir), "--no-progress")
+    first = run_cli("train", "--dataset", "mnist", "--data-root", str(root), "--model", "mlp", "--workers", "2",
+                    "--epochs", "1", "--batch-size", "8", "--stop-after-updates", "5", "--out", str(run_dir),
+                    "--no-progress")
     assert first.returncode == 0, first.stderr
     before = tree_digest(run_dir)
     check_refused(tmp_path, ["--resume", str(run_dir), *change], message)

@@ -201,8 +201,9 @@ def test_ssp_with_checkpoint_stop_resume_and_a_lost_server(local_ray, tmp_path):
     """Three runs of one ssp:1 job: stopped, resumed until the server dies, resumed to the end."""
     out = tmp_path / "resumable"
     # 1: stop after 40 updates (checkpoints at 20 and 40)
-    first = rb.run_ray(make_cfg(out, consistency="ssp:1", checkpoint_every=20, stop_after_updates=40))
-    assert first["updates"] == 40 and [c["version"] for c in first["checkpoints"]] == [20, 40]
+    first = rb.run_ray(make_cfg(out, consistency="ssp:1", checkpoint_every=20, stop_after_updates=40,
+                                probe_every=5))
+    assert first["updates"] == 40 and first["probe"]["count"] == 8 and [c["version"] for c in first["checkpoints"]] == [20, 40]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["ckpt-000000020.pt", "ckpt-000000040.pt"]
 
     # 2: resume, then the server dies some updates after the checkpoint at 50
@@ -211,15 +212,17 @@ def test_ssp_with_checkpoint_stop_resume_and_a_lost_server(local_ray, tmp_path):
             ray.kill(run.actors.shards[0])
 
     with pytest.raises(rb.ServerLost):
-        rb.run_ray(make_cfg(out, consistency="ssp:1", checkpoint_every=50, resume=str(out)), on_tick=kill_server)
+        rb.run_ray(make_cfg(out, consistency="ssp:1", checkpoint_every=50, resume=str(out), probe_every=5),
+                   on_tick=kill_server)
     crashed = json.loads((out / "summary.json").read_text())
     ckpt = crashed["last_checkpoint_version"]
     assert crashed["server_failed"] and ckpt in (50, 100)
     assert crashed["lost_updates"] == crashed["updates"] - ckpt > 0
 
     # 3: resume again: continues from the last checkpoint, counts the lost updates, applies nothing twice
-    final = rb.run_ray(make_cfg(out, consistency="ssp:1", checkpoint_every=50, resume=str(out)))
+    final = rb.run_ray(make_cfg(out, consistency="ssp:1", checkpoint_every=50, resume=str(out), probe_every=5))
     assert final["resumed_from"]["version"] == ckpt
+    assert final["probe"]["count"] == 25                      # every 5th of 128, the lost stretch's dropped
     assert final["lost_updates"] == crashed["lost_updates"]
     assert final["updates"] == 128 and final["epochs_done"] == 2.0
     assert final["final_test_error"] < 30.0

@@ -41,6 +41,13 @@ base_version, version, staleness, times, loss); the driver drains the log into
 the simulator, ``time_s`` = wall seconds since the start) and ``trace.jsonl``
 (which :func:`dcasgd.sim.load_trace` replays).
 
+Compensation probe (``--probe-every K``): the coordinator marks every K-th
+async grant; that worker reads the shards' current weights (and the
+MeanSquare row of dc-asgd-a) right before it pushes, then scores the delayed,
+DC and Taylor estimates with :func:`dcasgd.probe.compensation_metrics` and
+sends the record with its next report; the driver writes ``probe`` lines and
+``summary["probe"]`` through a :class:`~dcasgd.probe.CompensationProbe`.
+
 No arithmetic on weights here: updates happen in ServerCore and its rule,
 sync averaging in SyncBarrier.
 """
