@@ -38,6 +38,7 @@ from torch.func import functional_call
 
 from .flat import FlatModel
 from .rules import Rule, State
+from .worker import seed_dropout
 
 ESTIMATES = ("delayed", "dc", "taylor")
 RECORD_FIELDS = ("version", "worker", "staleness", "delta_norm", "cos_delayed", "cos_dc", "cos_taylor",
@@ -100,7 +101,7 @@ def model_loss_fn(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, key: int
                   ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Mean cross-entropy on (x, y) as a function of the flat weights, dropout seeded by ``key``.
 
-    Mirrors :func:`dcasgd.worker.compute_gradient` (train mode, ``manual_seed(key)``
+    Mirrors :func:`dcasgd.worker.compute_gradient` (train mode, ``seed_dropout(key)``
     right before the forward).  Buffers are the module's current ones, passed
     as clones so BatchNorm's running-statistics update never reaches the model.
     """
@@ -110,7 +111,7 @@ def model_loss_fn(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, key: int
     def loss_fn(w: torch.Tensor) -> torch.Tensor:
         tensors = {name: chunk.view(shape) for (name, shape), chunk in zip(named, torch.split(w, sizes))}
         tensors.update({name: b.clone() for name, b in flat.module.named_buffers()})
-        torch.manual_seed(key)
+        seed_dropout(key, flat.params.device)
         return F.cross_entropy(functional_call(flat.module, tensors, (x,)), y)
 
     return loss_fn

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .kernels import all_finite
 from .rules import DEFAULT_HYPER, Rule, RuleError, make_rule
 
 STATE_FORMAT = "dcasgd.server/1"
@@ -159,8 +160,7 @@ class ServerCore:
         if base_version > self.version or base_version < 0:
             raise PushRejected(f"worker {worker}: base_version {base_version} is not in "
                                f"[0, current version {self.version}] (from the future or negative)")
-        # one pass without temporaries: a finite sum has no NaN/Inf term; only on overflow check each element
-        if not bool(torch.isfinite(grad.sum())) and not bool(torch.isfinite(grad).all()):
+        if not all_finite(grad):                       # one pass, no P-sized temporaries
             raise PushRejected(f"worker {worker}: gradient has NaN or Inf values")
         if self.backups is not None and int(self.backup_version[worker]) < 0:
             raise PushRejected(f"worker {worker}: pushed before its first pull (rule "

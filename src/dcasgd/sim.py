@@ -39,6 +39,7 @@ import torch
 from .config import TrainConfig
 from .consistency import SyncBarrier, parse_consistency
 from .flat import FlatModel
+from .kernels import all_finite
 from .models import build_model
 from .run import RunContext, prepare_run, write_summary
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
@@ -249,7 +250,7 @@ class Simulator:
 
     def _on_finish(self, w: SimWorker) -> None:
         result, batch = self._gradient(w)
-        if not bool(torch.isfinite(result.grad).all()):
+        if not all_finite(result.grad):
             self.diverged = True                           # the model blew up: a result, not an error
             self._log_event("diverged", w.index)
             return

@@ -8,8 +8,9 @@ of ``batch_size`` (the last batch of a shard may be smaller).
 ``compute_gradient`` loads the pulled weights (and BatchNorm statistics) into
 a :class:`~dcasgd.flat.FlatModel`, runs forward and backward on one batch
 with the mean cross-entropy loss, and returns copies of the flat gradient and
-of the updated float buffers.  Dropout draws from ``torch.manual_seed(key)``,
-so the same (weights, batch, key) always gives the same bits.
+of the updated float buffers.  Dropout draws from a generator seeded with
+``key`` (:func:`seed_dropout`), so the same (weights, batch, key) always
+gives the same bits.
 """
 
 from __future__ import annotations
@@ -67,6 +68,19 @@ class BatchStream:
         self._shard = self._make_shard()
 
 
+def seed_dropout(key: int, device: torch.device) -> None:
+    """Seed the generator dropout draws from on ``device``.
+
+    Same stream as ``torch.manual_seed(key)``, but only that one generator:
+    ``torch.manual_seed`` also queues lazy CUDA/XPU/MTIA seeding, which records
+    a stack trace per call (milliseconds each, more than a small model's gradient).
+    """
+    if device.type == "cuda":
+        torch.cuda.manual_seed(key)
+    else:
+        torch.default_generator.manual_seed(key)
+
+
 def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None,
                      x: torch.Tensor, y: torch.Tensor, key: int, copy: bool = True) -> Gradient:
     """Mean cross-entropy gradient at ``weights`` on batch (x, y); dropout seeded by ``key``.
@@ -77,7 +91,7 @@ def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tens
     flat.load(weights, buffers)
     flat.module.train()
     flat.zero_grad()
-    torch.manual_seed(key)
+    seed_dropout(key, flat.params.device)
     loss = F.cross_entropy(flat.module(x), y)
     loss.backward()
     if not copy:
