@@ -180,6 +180,7 @@ class Simulator:
                                  backup_dtype=getattr(torch, cfg.backup_dtype), clip_norm=cfg.clip_norm,
                                  **cfg.rule_params())
         self.server_buffers = self.flat.buffers.clone()   # BatchNorm statistics: the latest pushed
+        self._backup_is_pulled_copy = self.server.backups is not None and self.server.backups.dtype == torch.float32
         n = len(data.train_y)
         self.workers = [SimWorker(m, BatchStream(n, m, cfg.workers, cfg.batch_size, cfg.seed))
                         for m in range(cfg.workers)]
@@ -218,7 +219,13 @@ class Simulator:
             w.waiting_since = self.now
             return
         w.start_clock_gap = w.clock - min(live_clocks)
-        w.weights, w.base_version = self.server.pull(w.index)
+        if self._backup_is_pulled_copy:
+            # the server's float32 backup of this worker IS the copy it pulled, and it only
+            # changes at this worker's next pull: hold it instead of a second copy
+            _, w.base_version = self.server.pull(w.index, copy=False)
+            w.weights = self.server.backups[w.index]
+        else:
+            w.weights, w.base_version = self.server.pull(w.index)
         w.buffers = self.server_buffers.clone()
         cycle = self.cfg.comm_time + self.timing.compute_time(w.index) + self.cfg.comm_time
         self._schedule(self.now + cycle, FINISH, w.index, w.generation)
@@ -445,7 +452,7 @@ class Simulator:
             "config": self.cfg.to_dict(),
             "server": self.server.state_dict(),
             "server_buffers": self.server_buffers.clone(),
-            "workers": [{"weights": w.weights, "buffers": w.buffers, "base_version": w.base_version,
+            "workers": [{"weights": None if w.weights is None else w.weights.clone(), "buffers": w.buffers, "base_version": w.base_version,
                          "clock": w.clock, "start_clock_gap": w.start_clock_gap, "alive": w.alive,
                          "generation": w.generation, "waiting_since": w.waiting_since,
                          "stream": w.stream.state_dict()} for w in self.workers],
