@@ -36,7 +36,8 @@ def section(preset: Path) -> list[str]:
     meta_path = preset / "runs" / "compare.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        lines += [f"Made by `{meta['command']}` then `dcasgd report {preset / 'runs'} --to {preset}` "
+        rel = preset.relative_to(RESULTS.parent)
+        lines += [f"Made by `{meta['command']}` then `dcasgd report {rel / 'runs'} --to {rel}` "
                   f"(commit `{meta['git_commit']}`).", ""]
     findings = preset / "findings.md"
     if findings.exists():
