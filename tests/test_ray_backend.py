@@ -32,15 +32,6 @@ SIM_SUMMARY_KEYS = {"final_test_error", "eval_split", "diverged", "updates", "gr
                     "server_bytes_per_param"}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
-        ray.shutdown()
-    rb.init_local_ray(num_cpus=2, object_store_memory=300 * 1024**2)
-    yield
-    ray.shutdown()
-
-
 def make_cfg(out: Path, **overrides) -> TrainConfig:
     settings = dict(backend="ray", dataset="synthetic", model="mlp", rule="dc-asgd-a", consistency="async",
                     workers=2, epochs=2.0, batch_size=32, lr=0.1, seed=0, progress=False, out=str(out))

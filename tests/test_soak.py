@@ -44,15 +44,6 @@ RSS_GROWTH_MAX = 0.05
 RATE_DRIFT_MAX = 0.30
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
-        ray.shutdown()
-    rb.init_local_ray(num_cpus=2, object_store_memory=300 * 1024**2)
-    yield
-    ray.shutdown()
-
-
 def test_a_long_async_run_keeps_server_memory_and_update_rate_steady(local_ray, tmp_path):
     samples: list[dict] = []          # t (s since training started), updates, server RSS per actor (bytes)
     last = [-float("inf")]
