@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +143,9 @@ def test_probe_tensorboard_and_waits_under_ssp0_with_a_slow_worker(local_ray, tm
     assert summary["updates"] == 64 and "probe_every" not in summary["ignored_settings"]
     records = read_jsonl(out / "metrics.jsonl")
     probes = [r for r in records if r["kind"] == "probe"]
-    # every 2nd of 64 pushes. Known issue, not yet understood: run inside the full suite, one of the
-    # 32 records goes missing (31, reproducibly); alone or with its module it is always 32.
-    assert len(probes) == summary["probe"]["count"] and len(probes) in (31, 32)
+    # every 2nd of 64 pushes, none lost at the end of the run (the driver's last wait_event answer
+    # carries the final records: dropping it lost one when the machine was loaded)
+    assert len(probes) == summary["probe"]["count"] == 32
     assert set(summary["probe"]) == set(CompensationProbe(2).summary()) | {"lam", "lam_form"}
     versions = {r["version"]: r for r in records if r["kind"] == "update"}
     for p in probes:
@@ -163,6 +164,17 @@ def test_probe_tensorboard_and_waits_under_ssp0_with_a_slow_worker(local_ray, tm
     assert waits == st["wait_s_per_worker"] and waits[0] > max(0.3, waits[1])   # worker 0 waited for the slow one
     assert summary["updates_per_s"] > 0
     assert sum(r["kind"] == "staleness" for r in records) >= 2
+
+
+def test_the_last_probe_records_survive_a_slow_driver(local_ray, tmp_path):
+    """A driver that is slow at the end finds the workers finished and its outstanding wait_event
+    answered at once; that answer holds the final probe records and must be read, not dropped."""
+    out = tmp_path / "slow-driver"
+    summary = rb.run_ray(make_cfg(out, epochs=0.25, probe_every=1),
+                         on_tick=lambda run: time.sleep(0.5 if run.version >= 12 else 0.0))
+    probes = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "probe"]
+    assert summary["updates"] == 16
+    assert sorted(p["version"] for p in probes) == list(range(1, 17)) == list(range(1, summary["probe"]["count"] + 1))
 
 
 # ---------------------------------------------------------------- faults

@@ -85,7 +85,7 @@ def test_a_long_async_run_keeps_server_memory_and_update_rate_steady(local_ray, 
 (2 CPUs); stopped by a {DURATION_S:.0f} s time limit (`DCASGD_SOAK_SECONDS`); wall time {wall:.0f} s including
 start-up; {summary['updates']} updates, {summary['updates_per_s']:.1f} updates/s overall; final test error
 {summary['final_test_error']:.2f}%; stop reason `{summary['stop_reason']}`. Samples every {SAMPLE_S:.0f} s;
-warm-up {WARMUP_S:.0f} s. 1-min load average at the end {os.getloadavg()[0]:.1f} (other jobs share this machine).
+warm-up {WARMUP_S:.0f} s. 1-min load average at the end {os.getloadavg()[0]:.1f} (the soak's own workers, shards and driver on {os.cpu_count()} cores, plus any other job).
 {"" if DURATION_S >= 600 else f"**A {DURATION_S:.0f} s mechanics check, not the 10-minute soak** (`make soak`)."}
 
 - server RSS growth after warm-up: {growth * 100:+.2f}% (target < {RSS_GROWTH_MAX * 100:.0f}%): {verdict_rss}

@@ -1283,6 +1283,9 @@ class RayRun:
             self.progress.update(self.epoch, self._train_loss(), self.last_error, self.version, self.stats)
         self.done = True
         self.loop_s = time.perf_counter() - self.loop_start
+        # The wait_event call still outstanding takes (and empties) the coordinator's events and probe
+        # records when it wakes: read its answer, or what it took is lost; then whatever came after it.
+        self._on_status(self._server_call(event_ref))
         self._on_status(self._server_call(a.coordinator.wait_event.remote(0)))
         self._drain()
 
