@@ -177,6 +177,15 @@ def test_the_last_probe_records_survive_a_slow_driver(local_ray, tmp_path):
     assert sorted(p["version"] for p in probes) == list(range(1, 17)) == list(range(1, summary["probe"]["count"] + 1))
 
 
+def test_an_emulated_straggler_runs_about_four_times_slower(local_ray, tmp_path):
+    """--straggler 1:4 on Ray: worker 1 sleeps 3x each busy round trip, so it pushes about a quarter as often."""
+    summary = rb.run_ray(make_cfg(tmp_path / "straggler", epochs=1.0, stragglers={1: 4.0}))
+    pushes = summary["pushes_per_worker"]
+    assert sum(pushes) == 64 and "stragglers" not in summary["ignored_settings"]
+    assert summary["emulated_slowdown"] == [1.0, 4.0]
+    assert 2.5 < pushes[0] / pushes[1] < 8.0     # ideal 4; the fast worker also gets the core the sleeper frees
+
+
 # ---------------------------------------------------------------- faults
 
 

@@ -3,13 +3,14 @@
 import json
 from collections import defaultdict
 
+import numpy as np
 import pytest
 import torch
 
 from dcasgd.config import TrainConfig
 from dcasgd.data import load_dataset
 from dcasgd.models import build_model
-from dcasgd.sim import TraceError, load_trace, run_sim
+from dcasgd.sim import TraceError, load_trace, run_sim, worker_speeds
 from dcasgd.worker import BatchStream
 
 
@@ -106,6 +107,18 @@ def test_async_hides_a_straggler_and_sync_does_not(tmp_path):
     sync_base, sync_slow = sim_time("s0", consistency="sync"), sim_time("s1", consistency="sync", stragglers={3: 4.0})
     assert async_slow <= 1.3 * async_base
     assert sync_slow >= 3.0 * sync_base
+
+
+def test_worker_speeds_are_the_given_or_seeded_lognormal_factors_times_the_stragglers(tmp_path):
+    assert worker_speeds(config(tmp_path)) == [1.0] * 4
+    assert worker_speeds(config(tmp_path, speeds=(1.0, 2.0, 0.5, 1.5), stragglers={2: 4.0})) == [1.0, 2.0, 2.0, 1.5]
+    z = np.random.default_rng(7).standard_normal(4)
+    expected = [float(np.exp(0.5 * v)) for v in z]
+    expected[3] *= 3.0
+    assert worker_speeds(config(tmp_path, seed=7, hetero_sigma=0.5, stragglers={3: 3.0})) == expected
+    # the simulator reports the factors it used
+    summary = run_sim(config(tmp_path, seed=7, hetero_sigma=0.5, stragglers={3: 3.0}, epochs=0.1)).summary
+    assert summary["speeds"] == expected
 
 
 def test_workers_compute_at_exactly_the_weights_they_pulled(tmp_path):

@@ -109,15 +109,17 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="step schedule: epochs where lr is multiplied by --lr-gamma (paper: 80,120)")
     h.add_argument("--lr-gamma", type=float, default=S, help="step schedule factor (default 0.1)")
     h.add_argument("--warmup-epochs", type=float, default=S, help="linear lr warm-up (default 0)")
-    s = p.add_argument_group("simulated cluster (--backend sim; times in simulated seconds)")
+    s = p.add_argument_group("simulated cluster (--backend sim; times in simulated seconds; "
+                             "Ray emulates --speeds, --hetero-sigma and --straggler)")
     s.add_argument("--base-time", type=float, default=S, help=f"compute time of one mini-batch (default {d.base_time:g})")
     s.add_argument("--speeds", type=_floats, default=S, metavar="S0,S1,...",
-                   help="per-worker time factors (one per worker; 2 = twice as slow)")
+                   help="per-worker time factors (one per worker; 2 = twice as slow); "
+                        "on Ray too: workers sleep to match, relative to the fastest")
     s.add_argument("--hetero-sigma", type=float, default=S,
-                   help="draw per-worker time factors exp(sigma*N(0,1)) from the seed (default 0)")
+                   help="draw per-worker time factors exp(sigma*N(0,1)) from the seed (default 0; on Ray too)")
     s.add_argument("--jitter", type=float, default=S, help="lognormal sigma of per-gradient noise (default 0)")
     s.add_argument("--straggler", type=_straggler, action="append", default=S, metavar="W:F",
-                   help="worker W is F times slower (repeatable), e.g. --straggler 3:4.0")
+                   help="worker W is F times slower (repeatable), e.g. --straggler 3:4.0; on Ray too")
     s.add_argument("--comm-time", type=float, default=S, help="time of each pull and each push (default 0)")
     s.add_argument("--fail", type=_failure, action="append", default=S, metavar="W:T[:R]",
                    help="worker W fails at time T and rejoins at R (repeatable)")

@@ -78,7 +78,7 @@ from .probe import CompensationProbe, compensation_metrics, effective_lam
 from .rules import make_rule
 from .run import RunContext, prepare_run, write_summary
 from .server import PushRejected, ServerCore, shard_ranges
-from .sim import OPERATIONAL
+from .sim import OPERATIONAL, worker_speeds
 from .telemetry import Progress, StalenessStats
 from .tensorboard import open_metrics
 from .worker import BatchStream, compute_gradient, evaluate
@@ -861,6 +861,12 @@ def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
 class RayWorker:
     """Worker m: a model, the training set (zero-copy from the object store) and the gradient loop.
 
+    Emulated speeds (``--speeds``, ``--hetero-sigma``, ``--stragglers``): with
+    ``k = speed[m] / min(speed)`` from :func:`dcasgd.sim.worker_speeds`, the
+    worker sleeps ``(k - 1) * t`` after each round trip (pull, gradient, push)
+    that kept it busy ``t`` seconds, so its round trips take about k times as
+    long as they would (waits for the coordinator are not stretched).
+
     ``hooks`` (tests only): ``compute_delay_s`` sleeps after each gradient (a
     slow worker), ``push_pause_s`` sleeps after the push is sent and before
     its answer is read (a window in which to kill the process mid-push;
@@ -873,6 +879,8 @@ class RayWorker:
         torch.set_num_threads(1)
         self.index, self.cfg = index, cfg
         self.hooks = dict(hooks or {})
+        speeds = worker_speeds(cfg)
+        self.slowdown = speeds[index] / min(speeds)          # emulated: >= 1, the fastest worker is 1
         self.shards, self.ranges, self.coord = shards, ranges, coordinator
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device 'cuda': worker {index} sees no CUDA device (torch.cuda.is_available() "
@@ -902,7 +910,7 @@ class RayWorker:
             grant = ray.get(self.coord.next.remote(m, generation, report, int(batch.numel())))
             if not grant["go"]:
                 return {"worker": m, "gradients": gradients, "reason": grant["reason"]}
-            t_pull = time.time()
+            t_pull, granted = time.time(), time.perf_counter()
             base, buffers = pull_all(self.shards, self.ranges, m, w_np)
             if buffers is not None and buffers.size == self.buffers.numel():
                 self.buffers.copy_(torch.from_numpy(buffers))
@@ -926,6 +934,8 @@ class RayWorker:
             gradients += bool(report["applied"])
             if now is not None and report["applied"]:
                 report["probe"] = self._probe(now, base, grad, x, y, key, report["version"])
+            if self.slowdown > 1:                                     # an emulated slow worker
+                time.sleep((self.slowdown - 1) * (time.perf_counter() - granted))
 
     def _push(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, loss: float,
               n: int, meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
@@ -1523,6 +1533,7 @@ class RayRun:
             "worker_events": self.events_log,
             "speeds": [x / fastest if (x and fastest) else None for x in means],
             "compute_s_per_gradient": means,
+            "emulated_slowdown": [x / min(worker_speeds(self.cfg)) for x in worker_speeds(self.cfg)],
             "curve": [{k: r[k] for k in ("epoch", "time_s", "test_error")} for r in self.evals],
             "backend": "ray",
             "config": self.cfg.to_dict(),
@@ -1541,9 +1552,12 @@ class RayRun:
 
 
 def _ignored_settings(cfg: TrainConfig) -> list[str]:
-    """Settings of the simulator (or not yet implemented here) that this run did not use."""
+    """Settings of the simulator (or not yet implemented here) that this run did not use.
+
+    (``speeds``, ``hetero_sigma`` and ``stragglers`` are used: workers are slowed down to match.)
+    """
     default = TrainConfig()
-    names = ("base_time", "speeds", "hetero_sigma", "jitter", "stragglers", "comm_time", "failures", "replay")
+    names = ("base_time", "jitter", "comm_time", "failures", "replay")
     return [name for name in names if getattr(cfg, name) != getattr(default, name)]
 
 

@@ -109,19 +109,32 @@ def load_trace(path: str | Path, num_workers: int) -> list[list[float]]:
     return durations
 
 
+def worker_speeds(cfg: TrainConfig, rng: np.random.Generator | None = None) -> list[float]:
+    """Each worker's compute-time multiplier, ``speed[m] * straggler[m]`` (dimensionless, 1 = nominal).
+
+    ``speed`` is ``--speeds``, else ``exp(hetero_sigma * z_m)`` with ``z ~ N(0, 1)``
+    drawn from ``rng`` (a fresh ``default_rng(cfg.seed)`` if none: the same
+    draw the simulator makes first), else 1.  The Ray backend emulates the
+    same speeds by slowing its workers down.
+    """
+    if cfg.speeds:
+        speed = [float(s) for s in cfg.speeds]
+    elif cfg.hetero_sigma > 0:
+        rng = np.random.default_rng(cfg.seed) if rng is None else rng
+        speed = [float(s) for s in np.exp(cfg.hetero_sigma * rng.standard_normal(cfg.workers))]
+    else:
+        speed = [1.0] * cfg.workers
+    for worker, factor in cfg.stragglers.items():
+        speed[worker] *= factor
+    return speed
+
+
 class Timing:
     """Compute time of each gradient: the model above, or a replayed trace."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.rng = np.random.default_rng(cfg.seed)
-        if cfg.speeds:
-            self.speed = list(cfg.speeds)
-        elif cfg.hetero_sigma > 0:
-            self.speed = [float(s) for s in np.exp(cfg.hetero_sigma * self.rng.standard_normal(cfg.workers))]
-        else:
-            self.speed = [1.0] * cfg.workers
-        for worker, factor in cfg.stragglers.items():
-            self.speed[worker] *= factor
+        self.speed = worker_speeds(cfg, self.rng)
         self.base_time, self.jitter = cfg.base_time, cfg.jitter
         self.trace = load_trace(cfg.replay, cfg.workers) if cfg.replay else None
         self.drawn = [0] * cfg.workers
