@@ -57,7 +57,7 @@ def plain_loop(data, model_name: str, gradients: int, with_push: bool, rule: str
             weights, version = server.pull(worker)
             flat.load(weights)
         flat.zero_grad()
-        F.cross_entropy(model(data.train_x[idx]), data.train_y[idx]).backward()
+        F.cross_entropy(model(data.train_x.index_select(0, idx)), data.train_y.index_select(0, idx)).backward()
         if server is not None:
             server.push(worker, flat.grads, version)
     return time.perf_counter() - start

@@ -914,7 +914,7 @@ class RayWorker:
             base, buffers = pull_all(self.shards, self.ranges, m, w_np)
             if buffers is not None and buffers.size == self.buffers.numel():
                 self.buffers.copy_(torch.from_numpy(buffers))
-            x, y = self.x[batch], self.y[batch]
+            x, y = self.x.index_select(0, batch), self.y.index_select(0, batch)   # (5x x[batch])
             key = ((cfg.seed * 1_000_003 + m) * 1_000_003 + grant["clock"]) % (2**63)
             started = time.perf_counter()
             if self.device.type != "cpu":

@@ -263,7 +263,8 @@ class Simulator:
     def _gradient(self, w: SimWorker):
         batch = w.stream.next()
         key = ((self.cfg.seed * 1_000_003 + w.index) * 1_000_003 + w.clock) % (2**63)
-        x, y = self.ctx.data.train_x[batch], self.ctx.data.train_y[batch]
+        data = self.ctx.data
+        x, y = data.train_x.index_select(0, batch), data.train_y.index_select(0, batch)   # (5x x[batch])
         # views, not copies, when nothing else computes on the model before the push (no probe)
         result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key, copy=self.probe is not None)
         return result, (x, y, key)

@@ -89,7 +89,8 @@ def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tens
     until the next computation on ``flat`` (the simulator pushes them at once).
     """
     flat.load(weights, buffers)
-    flat.module.train()
+    if not flat.module.training:                     # (train() walks every submodule: skip it when set)
+        flat.module.train()
     flat.zero_grad()
     seed_dropout(key, flat.params.device)
     loss = F.cross_entropy(flat.module(x), y)
