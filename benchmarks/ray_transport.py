@@ -13,7 +13,8 @@ For P in 0.27M, 2.7M and 11M float32 parameters, on a private loopback Ray:
   array and returns a preallocated array of the same size: one call, the same
   bytes in each direction, no copy into a buffer at the caller, no work.
 
-Each cell is the median of ``--repeats`` round trips after two warm-ups.  The
+Each cell is the median of ``--repeats`` round trips after ``--warmups``
+warm-ups; a breakdown at 11M times each stage of one round trip.  The
 table goes to stdout and, with the machine, date, git commit and command, to
 ``--out``.  Rule ``sgd`` measures the transport (the update costs are
 benchmarked elsewhere); ``dc-asgd-a`` adds the backup copy at the pull and
@@ -85,7 +86,65 @@ def bare_round_trip(size: int):
     return actor, round_trip
 
 
-def measure(size: int, rules: list[str], repeats: int) -> tuple[float, list[float]]:
+class TimedShard(rb.ServerShard):
+    """A ServerShard whose pull and push also return their own duration in the actor (seconds)."""
+
+    def timed_pull(self, worker: int):
+        start = time.perf_counter()
+        result = self.pull(worker)
+        return result, time.perf_counter() - start
+
+    def timed_push(self, *args):
+        start = time.perf_counter()
+        version = self.push(*args)
+        return version, time.perf_counter() - start
+
+
+BREAKDOWN = ("server: ServerCore.pull + ray.put of the weights", "pull call (Ray task overhead)",
+             "worker: ray.get of the weights ref", "worker: copy into its flat buffer",
+             "worker: ray.put of the gradient", "server: checks + update + seq bookkeeping",
+             "push call (Ray task overhead)")
+
+
+def breakdown(size: int, repeats: int, warmups: int) -> tuple[list[float], float]:
+    """Median ms of each stage of one sgd round trip (``BREAKDOWN``), and of the bare echo, timed in turn."""
+    shard = ray.remote(TimedShard).options(num_cpus=0).remote(np.zeros(size, dtype=np.float32), "sgd", 1, 1e-6)
+    echo, bare = bare_round_trip(size)
+    weights = np.empty(size, dtype=np.float32)
+    grad = np.full(size, 1e-3, dtype=np.float32)
+    stages: list[list[float]] = [[] for _ in BREAKDOWN]
+    bare_ms: list[float] = []
+    try:
+        for i in range(repeats + warmups):
+            t0 = time.perf_counter()
+            (ref, version, _), server_pull = ray.get(shard.timed_pull.remote(0))
+            t1 = time.perf_counter()
+            fetched = ray.get(ref)
+            t2 = time.perf_counter()
+            np.copyto(weights, fetched)
+            t3 = time.perf_counter()
+            del fetched, ref
+            grad_ref = ray.put(grad)
+            t4 = time.perf_counter()
+            _, server_push = ray.get(shard.timed_push.remote(0, i + 1, version, grad_ref, 1))
+            t5 = time.perf_counter()
+            del grad_ref
+            b0 = time.perf_counter()
+            bare()
+            b1 = time.perf_counter()
+            if i >= warmups:
+                values = (server_pull, t1 - t0 - server_pull, t2 - t1, t3 - t2, t4 - t3, server_push,
+                          t5 - t4 - server_push)
+                for stage, value in zip(stages, values):
+                    stage.append(value * 1e3)
+                bare_ms.append((b1 - b0) * 1e3)
+    finally:
+        ray.kill(shard)
+        ray.kill(echo)
+    return [statistics.median(t) for t in stages], statistics.median(bare_ms)
+
+
+def measure(size: int, rules: list[str], repeats: int, warmups: int) -> tuple[float, list[float]]:
     """Median ms of the bare call and of each rule's round trip, timed in turn so each sees the same load."""
     actors, trips = [], []
     actor, trip = bare_round_trip(size)
@@ -97,11 +156,11 @@ def measure(size: int, rules: list[str], repeats: int) -> tuple[float, list[floa
         trips.append(trip)
     times: list[list[float]] = [[] for _ in trips]
     try:
-        for i in range(repeats + 2):
+        for i in range(repeats + warmups):
             for k, trip in enumerate(trips):
                 start = time.perf_counter()
                 trip()
-                if i >= 2:                                            # two warm-ups
+                if i >= warmups:
                     times[k].append(time.perf_counter() - start)
     finally:
         for actor in actors:
@@ -124,6 +183,9 @@ def git_commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11, help="timed round trips per cell (default 11)")
+    parser.add_argument("--warmups", type=int, default=5,
+                        help="untimed round trips first (default 5): each process's first writes into the "
+                             "object store page-fault its shared memory in, which would time the kernel")
     parser.add_argument("--quick", action="store_true", help="5 repeats, rule sgd only")
     parser.add_argument("--rules", default="sgd,dc-asgd-a", help="comma-separated rules (default sgd,dc-asgd-a)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ray_transport.md"))
@@ -137,13 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for size in SIZES:
-            bare, ours_ms = measure(size, rules, repeats)
+            bare, ours_ms = measure(size, rules, repeats, args.warmups)
             for rule, ours in zip(rules, ours_ms):
                 rows.append((size, rule, ours, bare, ours / bare))
                 print(f"P={size/1e6:.2f}M {rule}: ours {ours:.2f} ms, bare {bare:.2f} ms, "
                       f"ratio {ours/bare:.2f}", file=sys.stderr, flush=True)
+        stages, bare_alone = breakdown(SIZES[-1], repeats, args.warmups)
     finally:
         ray.shutdown()
+
+    parts = ["| stage (ours, rule sgd) | median ms |", "|---|---:|"]
+    parts += [f"| {name} | {ms:.2f} |" for name, ms in zip(BREAKDOWN, stages)]
+    parts += [f"| **sum of the stages** | **{sum(stages):.2f}** |",
+              f"| bare echo, timed in turn with these | {bare_alone:.2f} |"]
+    work = stages[0] + stages[3] + stages[5]
+    breakdown_text = "\n".join(parts) + f"""
+
+The bare echo does one call and two object-store writes (its argument, its reply). A round trip of ours
+also does two writes (the weights at the pull, the gradient at the push) but two calls, and real work the
+echo has not: the copy of the weights into the model's buffer and, on the server, the finiteness check and
+the update. Server pull, copy and server push together take {work:.2f} ms here, which is
+{work / bare_alone:.2f}x the bare echo's time on their own."""
 
     table = ["| P | rule | ours ms | bare ms | ratio |", "|---:|---|---:|---:|---:|"]
     for size, rule, ours, bare, ratio in rows:
@@ -172,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 - date: {dt.datetime.now().isoformat(timespec="seconds")}
 - git commit: {git_commit()}
 - command: `{command}`
-- median of {repeats} round trips after 2 warm-ups, the variants of one size timed in turn;
+- median of {repeats} round trips after {args.warmups} warm-ups, the variants of one size timed in turn;
   local Ray on 127.0.0.1, 2 CPUs, 1 GiB object store; total benchmark time {time.perf_counter() - started:.0f} s; 1-min load average {load_before:.1f} at the
   start, {load_after:.1f} at the end (other jobs share this machine: absolute times are noisy, the
   variants of one size are timed in turn so their ratios are comparable)
@@ -186,6 +262,10 @@ straight into the object store) and ServerCore checks finiteness in one pass (`i
 {text}
 
 {verdict}
+
+### Where the time goes at {SIZES[-1] / 1e6:.0f}M parameters
+
+{breakdown_text}
 """
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
