@@ -194,6 +194,18 @@ def test_warm_up_compiles_ahead_of_the_first_push(fused):
 # ------------------------------------------------------------------ when the kernel is used
 
 
+@needs_compiler
+def test_a_server_warms_up_the_kernel_its_rule_uses(fused):
+    def server(rule, **hyper):
+        return ServerCore(torch.zeros(P), rule, WORKERS, 0.1, **hyper)
+
+    assert server("dc-asgd-a").warm_up()                        # (a structure the cases above compile too)
+    assert kernels._kernels[("dc-asgd-a", False, torch.float32)] is not None
+    assert server("sgd", momentum=0.9).warm_up()                # momentum: the sgd kernel
+    assert not server("sgd").warm_up()                          # plain sgd is one add_: no kernel
+    assert not server("staleness").warm_up()
+
+
 def test_threshold_and_switch(monkeypatch):
     monkeypatch.delenv("DCASGD_COMPILE_MIN_PARAMS", raising=False)
     monkeypatch.setenv("DCASGD_NO_COMPILE", "1")

@@ -172,6 +172,7 @@ class ServerShard:
         self.index, self.start, self.end = index, start, end
         self.core = ServerCore(torch.from_numpy(np.array(flat[start:end])), rule, num_workers, lr, offset=start,
                                backup_dtype=getattr(torch, backup_dtype), clip_norm=clip_norm, **(rule_params or {}))
+        self.core.warm_up()                       # a large shard compiles its kernel now, not in a push
         self.num_workers = num_workers
         self.sync = parse_consistency(consistency).mode == "sync"
         self.schedule, self.num_train = schedule, num_train

@@ -134,6 +134,17 @@ class Rule:
         w.add_(direction, alpha=-step_lr)
         state["step"] += 1
 
+    def warm_up(self, num_params: int, backup_dtype: torch.dtype | None = torch.float32) -> bool:
+        """Compile now the fused kernel :meth:`apply_` will use for ``num_params`` parameters.
+
+        True if one is ready; False where pushes of that size take no kernel
+        (plain sgd/staleness, below the threshold, no compiler).
+        """
+        if not (self.needs_backup or self.momentum or self.wd):
+            return False
+        family = self.name if self.needs_backup else "sgd"
+        return kernels.warm_up(family, bool(self.momentum), backup_dtype, num_params)
+
     def _apply_fused(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
                      step_lr: float, state: State, worker: int) -> bool:
         """The whole update as one kernel; False (nothing touched) where none applies.

@@ -98,6 +98,10 @@ class ServerCore:
     def num_params(self) -> int:
         return self.weights.numel()
 
+    def warm_up(self) -> bool:
+        """Compile the fused update kernel now, not on the first push (see :meth:`Rule.warm_up`)."""
+        return self.rule.warm_up(self.num_params, self.backups.dtype if self.backups is not None else None)
+
     # ------------------------------------------------------------ pull / push
 
     def pull(self, worker: int, copy: bool = True) -> tuple[torch.Tensor, int]:
