@@ -1,6 +1,6 @@
 """Push + pull round trip through our Ray server shard versus a bare Ray actor call.
 
-    python benchmarks/ray_transport.py [--quick] [--repeats N] [--out benchmarks/results/ray_transport.md]
+    python benchmarks/ray_transport.py [--quick] [--repeats N] [--warmups N]
 
 For P in 0.27M, 2.7M and 11M float32 parameters, on a private loopback Ray:
 
@@ -16,7 +16,7 @@ For P in 0.27M, 2.7M and 11M float32 parameters, on a private loopback Ray:
 Each cell is the median of ``--repeats`` round trips after ``--warmups``
 warm-ups; a breakdown at 11M times each stage of one round trip.  The
 table goes to stdout and, with the machine, date, git commit and command, to
-``--out``.  Rule ``sgd`` measures the transport (the update costs are
+benchmarks/results/ray_transport.md.  Rule ``sgd`` measures the transport (the update costs are
 benchmarked elsewhere); ``dc-asgd-a`` adds the backup copy at the pull and
 the compensated update at the push.
 
@@ -30,11 +30,9 @@ is met.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +40,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from dcasgd import ray_backend as rb
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
+from dcasgd import ray_backend as rb  # noqa: E402
 
 SIZES = (270_000, 2_700_000, 11_000_000)
 TARGET_RATIO = 1.5              # ours / bare at the largest size, rule sgd
@@ -169,17 +170,6 @@ def measure(size: int, rules: list[str], repeats: int, warmups: int) -> tuple[fl
     return medians[0], medians[1:]
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11, help="timed round trips per cell (default 11)")
@@ -188,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
                              "object store page-fault its shared memory in, which would time the kernel")
     parser.add_argument("--quick", action="store_true", help="5 repeats, rule sgd only")
     parser.add_argument("--rules", default="sgd,dc-asgd-a", help="comma-separated rules (default sgd,dc-asgd-a)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ray_transport.md"))
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else args.repeats
     rules = ["sgd"] if args.quick else [r for r in args.rules.split(",") if r]
@@ -236,22 +225,16 @@ the update. Server pull, copy and server push together take {work:.2f} ms here, 
         ratio = row[0][4]
         met = ratio <= TARGET_RATIO
         verdict = (f"- target (ours at most {TARGET_RATIO}x bare at {SIZES[-1]/1e6:.0f}M, rule sgd): "
-                   f"{'met' if met else 'NOT met'} ({ratio:.2f}x)")
+                   f"{'met' if met else 'NOT met'} (**{ratio:.2f}x**)")
         if not met and max(load_before, load_after) > (os.cpu_count() or 1):
             verdict += (f"; the load average ({load_before:.1f} / {load_after:.1f}) exceeded the "
                         f"{os.cpu_count()} CPUs while it ran, so this figure is an upper bound: rerun on an idle "
                         f"machine before concluding")
-    report = f"""# Ray transport: push + pull round trip, ours vs bare Ray
-
-- machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs
-- python {platform.python_version()}, ray {ray.__version__}, numpy {np.__version__}
-- date: {dt.datetime.now().isoformat(timespec="seconds")}
-- git commit: {git_commit()}
-- command: `{command}`
-- median of {repeats} round trips after {args.warmups} warm-ups, the variants of one size timed in turn;
-  local Ray on 127.0.0.1, 2 CPUs, 1 GiB object store; total benchmark time {time.perf_counter() - started:.0f} s; 1-min load average {load_before:.1f} at the
-  start, {load_after:.1f} at the end (other jobs share this machine: absolute times are noisy, the
-  variants of one size are timed in turn so their ratios are comparable)
+    body = f"""python {platform.python_version()}, ray {ray.__version__}, numpy {np.__version__}; median of {repeats}
+round trips after {args.warmups} warm-ups, the variants of one size timed in turn; local Ray on 127.0.0.1,
+2 CPUs, 1 GiB object store; total benchmark time {time.perf_counter() - started:.0f} s; 1-min load average
+{load_before:.1f} at the start, {load_after:.1f} at the end (absolute times are noisy; the variants of one size
+are timed in turn so their ratios are comparable).
 
 ours = `pull_all` + `push_all` through one `ServerShard` actor (ServerCore pull, object-store transfer,
 copy into the worker's flat buffer; one `ray.put` of the gradient, shape/finite checks, update rule,
@@ -265,12 +248,10 @@ straight into the object store) and ServerCore checks finiteness in one pass (`i
 
 ### Where the time goes at {SIZES[-1] / 1e6:.0f}M parameters
 
-{breakdown_text}
-"""
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report, encoding="utf-8")
-    print(f"written to {out}", file=sys.stderr)
+{breakdown_text}"""
+    path = write_section("ray_transport", "Ray transport: push + pull round trip, ours vs bare Ray", body, [],
+                         command=command)
+    print(f"written to {path}", file=sys.stderr)
     return 0
 
 

@@ -88,9 +88,9 @@ start-up; {summary['updates']} updates, {summary['updates_per_s']:.1f} updates/s
 warm-up {WARMUP_S:.0f} s. 1-min load average at the end {os.getloadavg()[0]:.1f} (the soak's own workers, shards and driver on {os.cpu_count()} cores, plus any other job).
 {"" if DURATION_S >= 600 else f"**A {DURATION_S:.0f} s mechanics check, not the 10-minute soak** (`make soak`)."}
 
-- server RSS growth after warm-up: {growth * 100:+.2f}% (target < {RSS_GROWTH_MAX * 100:.0f}%): {verdict_rss}
+- server RSS growth after warm-up: **{growth * 100:+.2f}%** (target < {RSS_GROWTH_MAX * 100:.0f}%): {verdict_rss}
 - updates/s, median of the last third vs the middle third of the post-warm-up samples: {final:.1f} vs
-  {middle:.1f} ({drift * 100:.1f}% apart, target <= {RATE_DRIFT_MAX * 100:.0f}%): {verdict_rate}
+  {middle:.1f} (**{drift * 100:.1f}%** apart, target <= {RATE_DRIFT_MAX * 100:.0f}%): {verdict_rate}
 
 {chr(10).join(rows)}
 """
