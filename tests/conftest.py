@@ -1,9 +1,10 @@
-"""Suite-wide settings: one torch thread, and the shared local-Ray fixture.
+"""Suite-wide settings: one torch thread, the shared local-Ray fixture and the multi-node cluster helper.
 
 The models in the tests are tiny; on a busy 2-core machine extra intra-op
 threads only spin.  Subprocesses (CLI tests) inherit OMP_NUM_THREADS.
 """
 
+import contextlib
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -25,3 +26,32 @@ def local_ray():
     rb.init_local_ray(num_cpus=2, object_store_memory=300 * 1024**2)
     yield
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_cluster(store_bytes: int, worker_nodes: list[dict]):
+    """A local multi-node Ray cluster (loopback only) with the driver connected; yields (cluster, nodes).
+
+    The head carries the ``dcasgd_server`` resource (1 CPU): server shards and
+    the coordinator go there.  ``worker_nodes`` gives each further node's
+    ``num_cpus`` and ``dcasgd_worker`` count (key ``workers``), as
+    ``ray start --resources`` would on separate machines (docs/ray.md).
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from dcasgd import ray_backend as rb
+    if ray.is_initialized():
+        ray.shutdown()
+    rb.loopback_only()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {rb.SERVER_RESOURCE: 1}, "object_store_memory": store_bytes,
+        "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=n["num_cpus"], resources={rb.WORKER_RESOURCE: n["workers"]},
+                              object_store_memory=store_bytes) for n in worker_nodes]
+    ray.init(address=cluster.address)
+    try:
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

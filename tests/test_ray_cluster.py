@@ -12,8 +12,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
+from conftest import ray_cluster  # noqa: E402
 from dcasgd import ray_backend as rb  # noqa: E402
 from dcasgd.config import TrainConfig  # noqa: E402
 
@@ -24,19 +23,8 @@ STORE = 150 * 1024**2
 
 @pytest.fixture(scope="module")
 def cluster():
-    if ray.is_initialized():
-        ray.shutdown()
-    rb.loopback_only()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {rb.SERVER_RESOURCE: 1}, "object_store_memory": STORE,
-        "include_dashboard": False})
-    worker_node = c.add_node(num_cpus=2, resources={rb.WORKER_RESOURCE: 2}, object_store_memory=STORE)
-    ray.init(address=c.address)
-    try:
+    with ray_cluster(STORE, [{"num_cpus": 2, "workers": 2}]) as (c, (worker_node,)):
         yield c, worker_node
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def test_server_and_workers_run_on_different_nodes(cluster, tmp_path):

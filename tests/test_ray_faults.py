@@ -25,8 +25,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
+from conftest import ray_cluster  # noqa: E402
 from dcasgd import ray_backend as rb  # noqa: E402
 from dcasgd.config import TrainConfig  # noqa: E402
 
@@ -38,20 +37,8 @@ UPDATES = 128
 
 @pytest.fixture(scope="module")
 def cluster():
-    if ray.is_initialized():
-        ray.shutdown()
-    rb.loopback_only()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {rb.SERVER_RESOURCE: 1}, "object_store_memory": STORE,
-        "include_dashboard": False})
-    nodes = [c.add_node(num_cpus=1, resources={rb.WORKER_RESOURCE: 1}, object_store_memory=STORE)
-             for _ in range(2)]
-    ray.init(address=c.address)
-    try:
+    with ray_cluster(STORE, [{"num_cpus": 1, "workers": 1}] * 2) as (c, nodes):
         yield c, nodes
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def make_cfg(out: Path, address: str, **overrides) -> TrainConfig:
