@@ -13,7 +13,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
-ORDER = ("server_update", "stragglers", "scaling", "sim_overhead", "ray_transport")
+ORDER = ("make_bench", "server_update", "stragglers", "scaling", "sim_overhead", "ray_transport", "soak")
 
 INTRO = """# Benchmarks
 

@@ -20,8 +20,9 @@ benchmarks/results/ray_transport.md.  Rule ``sgd`` measures the transport (the u
 benchmarked elsewhere); ``dc-asgd-a`` adds the backup copy at the pull and
 the compensated update at the push.
 
-The shard uses ``ServerCore.pull(worker, copy=False)`` (the live weights go
-straight into the object store, one copy) and ServerCore's one-pass
+The shard replies to a pull with ``ServerCore.pull(worker, copy=False)`` (the
+live weights go straight into the object store as the reply, one copy) and
+ServerCore's one-pass
 finiteness check (``isfinite(grad.sum())``); see docs/ray.md.  The target is
 ours at most 1.5x bare at 11M parameters, rule sgd; the report says whether it
 is met.
@@ -101,10 +102,9 @@ class TimedShard(rb.ServerShard):
         return version, time.perf_counter() - start
 
 
-BREAKDOWN = ("server: ServerCore.pull + ray.put of the weights", "pull call (Ray task overhead)",
-             "worker: ray.get of the weights ref", "worker: copy into its flat buffer",
-             "worker: ray.put of the gradient", "server: checks + update + seq bookkeeping",
-             "push call (Ray task overhead)")
+BREAKDOWN = ("server: ServerCore.pull", "pull call (the weights out through the object store, Ray task overhead)",
+             "worker: copy into its flat buffer", "worker: ray.put of the gradient",
+             "server: checks + update + seq bookkeeping", "push call (Ray task overhead)")
 
 
 def breakdown(size: int, repeats: int, warmups: int) -> tuple[list[float], float]:
@@ -118,24 +118,21 @@ def breakdown(size: int, repeats: int, warmups: int) -> tuple[list[float], float
     try:
         for i in range(repeats + warmups):
             t0 = time.perf_counter()
-            (ref, version, _), server_pull = ray.get(shard.timed_pull.remote(0))
+            (pulled, version, _), server_pull = ray.get(shard.timed_pull.remote(0))
             t1 = time.perf_counter()
-            fetched = ray.get(ref)
+            np.copyto(weights, pulled)
             t2 = time.perf_counter()
-            np.copyto(weights, fetched)
-            t3 = time.perf_counter()
-            del fetched, ref
+            del pulled
             grad_ref = ray.put(grad)
-            t4 = time.perf_counter()
+            t3 = time.perf_counter()
             _, server_push = ray.get(shard.timed_push.remote(0, i + 1, version, grad_ref, 1))
-            t5 = time.perf_counter()
+            t4 = time.perf_counter()
             del grad_ref
             b0 = time.perf_counter()
             bare()
             b1 = time.perf_counter()
             if i >= warmups:
-                values = (server_pull, t1 - t0 - server_pull, t2 - t1, t3 - t2, t4 - t3, server_push,
-                          t5 - t4 - server_push)
+                values = (server_pull, t1 - t0 - server_pull, t2 - t1, t3 - t2, server_push, t4 - t3 - server_push)
                 for stage, value in zip(stages, values):
                     stage.append(value * 1e3)
                 bare_ms.append((b1 - b0) * 1e3)
@@ -201,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     parts += [f"| {name} | {ms:.2f} |" for name, ms in zip(BREAKDOWN, stages)]
     parts += [f"| **sum of the stages** | **{sum(stages):.2f}** |",
               f"| bare echo, timed in turn with these | {bare_alone:.2f} |"]
-    work = stages[0] + stages[3] + stages[5]
+    work = stages[0] + stages[2] + stages[4]
     breakdown_text = "\n".join(parts) + f"""
 
 The bare echo does one call and two object-store writes (its argument, its reply). A round trip of ours
-also does two writes (the weights at the pull, the gradient at the push) but two calls, and real work the
-echo has not: the copy of the weights into the model's buffer and, on the server, the finiteness check and
-the update. Server pull, copy and server push together take {work:.2f} ms here, which is
+also does two writes (the weights in the pull's reply, the gradient at the push) but two calls, and real
+work the echo has not: the copy of the weights into the model's buffer and, on the server, the finiteness
+check and the update. Server pull, copy and server push together take {work:.2f} ms here, which is
 {work / bare_alone:.2f}x the bare echo's time on their own."""
 
     table = ["| P | rule | ours ms | bare ms | ratio |", "|---:|---|---:|---:|---:|"]
@@ -239,8 +236,9 @@ are timed in turn so their ratios are comparable).
 ours = `pull_all` + `push_all` through one `ServerShard` actor (ServerCore pull, object-store transfer,
 copy into the worker's flat buffer; one `ray.put` of the gradient, shape/finite checks, update rule,
 exactly-once seq bookkeeping). bare = one call of an actor method that receives the array and returns a
-preallocated array of the same size. The shard pulls with `ServerCore.pull(worker, copy=False)` (one copy,
-straight into the object store) and ServerCore checks finiteness in one pass (`isfinite(grad.sum())`).
+preallocated array of the same size. The shard (a plain actor) replies to a pull with its live weights
+(`ServerCore.pull(worker, copy=False)`: one copy, straight into the object store; the asyncio shard 0 of a
+real run clones them first) and ServerCore checks finiteness in one pass (`isfinite(grad.sum())`).
 
 {text}
 

@@ -27,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _readme import assemble  # noqa: E402
+from _report import write_section  # noqa: E402
 
 # (script, extra arguments in a full run, time limit in seconds)
 SCRIPTS = [
@@ -37,6 +38,17 @@ SCRIPTS = [
     ("ray_transport", [], 600),
 ]
 RAY_SCRIPTS = {"ray_transport"}
+
+
+def write_run_times(took_s: list[tuple[str, str, float]], total_s: float, args: argparse.Namespace) -> None:
+    """benchmarks/results/make_bench.md: how long each script of a full ``make bench`` took."""
+    rows = "\n".join(f"| {name} | {status} | {seconds:.0f} |" for name, status, seconds in took_s)
+    body = (f"One full run of every benchmark, one after another (threads {args.threads}"
+            f"{', no Ray' if args.no_ray else ''}); 1-min load average at the end {os.getloadavg()[0]:.1f}.\n\n"
+            f"| script | status | seconds |\n|---|---|---:|\n{rows}\n\n"
+            f"- total: **{total_s / 60:.1f} min** (budget: 20 min)")
+    write_section("make_bench", "make bench: run times", body, [],
+                  command="make bench" + (" (run_all.py --no-ray)" if args.no_ray else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         env["OMP_NUM_THREADS"] = str(args.threads)
     failures: list[str] = []
+    took_s: list[tuple[str, str, float]] = []          # (script, status, seconds)
     if not args.assemble_only:
         wanted = set(args.only.split(",")) if args.only else None
         start_all = time.perf_counter()
@@ -72,10 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 status = f"timed out after {limit} s"
             took = time.perf_counter() - start
+            took_s.append((name, "ok" if status == 0 else str(status), took))
             if status != 0:
                 failures.append(f"{name} ({'exit status ' + str(status) if isinstance(status, int) else status})")
             print(f"== {name}: {'ok' if status == 0 else 'FAILED'} in {took:.0f} s "
                   f"({time.perf_counter() - start_all:.0f} s so far)", flush=True)
+        if not wanted and not args.quick and took_s:
+            write_run_times(took_s, time.perf_counter() - start_all, args)
     print(f"wrote {assemble()}")
     if failures:
         print("failed: " + ", ".join(failures), file=sys.stderr)

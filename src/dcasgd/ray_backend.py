@@ -183,20 +183,29 @@ class ServerShard:
         self.buffers = (torch.from_numpy(np.array(buffers, dtype=np.float32).reshape(-1))
                         if buffers is not None else torch.zeros(0))
         self.barrier = SyncBarrier()
+        self.replies_before_next_call = True      # a plain actor; LeadServer (asyncio) sets False
         self.round_active = False
         self.round_base: dict[int, int] = {}
         self.dead: set[int] = set()
 
     # ------------------------------------------------------------ pull
 
-    def pull(self, worker: int) -> tuple[Any, int, np.ndarray | None]:
-        """(weights slice or its ObjectRef, version, BatchNorm buffers or None); records w_bak(worker)."""
-        buffers = self.buffers.numpy() if self.log is not None else None
-        if self.core.num_params * 4 > INLINE_BYTES:
-            # the live weights, copied once straight into the object store (not cloned first)
-            weights, version = self.core.pull(worker, copy=False)
-            return ray.put(weights.numpy()), version, buffers      # put copies now, before any push runs
-        weights, version = self.core.pull(worker)
+    def pull(self, worker: int) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """(weights slice, version, BatchNorm buffers or None) as this call's reply; records w_bak(worker).
+
+        The weights go back as the reply itself, never as a ``ray.put`` ObjectRef
+        inside it: Ray keeps about 0.5 KB in the actor for every reply that
+        nests an ObjectRef the actor put (ray-project/ray#47274), a leak over a
+        long run.  In a plain actor the reply is serialised before the next
+        call runs, so the live weights go out with one copy (into the object
+        store); where other calls may run meanwhile (``replies_before_next_call``
+        False: the asyncio LeadServer) they are cloned first.
+        """
+        live = self.replies_before_next_call and self.core.num_params * 4 > INLINE_BYTES
+        weights, version = self.core.pull(worker, copy=not live)
+        buffers = None
+        if self.log is not None:
+            buffers = (self.buffers if self.replies_before_next_call else self.buffers.clone()).numpy()
         return weights.numpy(), version, buffers
 
     def weights(self) -> tuple[np.ndarray, int, np.ndarray, float]:
@@ -708,6 +717,7 @@ class LeadServer:
 
     def __init__(self, shard: dict[str, Any], coordinator: dict[str, Any]) -> None:
         self.shard = ServerShard(**shard)
+        self.shard.replies_before_next_call = False   # a coroutine may run while a reply is serialised
         self.coordinator = Coordinator(**coordinator)
 
     # shard 0
@@ -788,13 +798,10 @@ def pull_all(shards: Sequence[Any], ranges: Sequence[tuple[int, int]], worker: i
              out: np.ndarray) -> tuple[list[int], np.ndarray | None]:
     """Pull every shard in parallel into ``out`` (float32, length P); returns (versions, buffers)."""
     results = ray.get([s.pull.remote(worker) for s in shards])
-    refs = [r[0] for r in results if isinstance(r[0], ray.ObjectRef)]
-    fetched = iter(ray.get(refs)) if refs else iter(())
     versions = []
     for (start, end), (weights, version, _) in zip(ranges, results):
-        np.copyto(out[start:end], next(fetched) if isinstance(weights, ray.ObjectRef) else weights)
+        np.copyto(out[start:end], weights)
         versions.append(version)
-    del fetched
     buffers = results[0][2]
     buffers = None if buffers is None else np.array(buffers)
     del results                                                  # release the object-store views
