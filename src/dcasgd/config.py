@@ -14,7 +14,10 @@ from typing import Any
 
 from .consistency import ConsistencyError, parse_consistency
 from .models import MODELS
-from .rules import RULES
+from .rules import RULES, Rule
+
+# the rule hyperparameters' defaults are Rule's own (one place to change them)
+_RULE_DEFAULT = {f.name: f.default for f in dataclasses.fields(Rule)}
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
 BACKENDS = ("sim", "ray")
@@ -44,13 +47,13 @@ class TrainConfig:
     eval_every: float = 1.0            # epochs between evaluations
     # rule hyperparameters (names as in ServerCore)
     lr: float = 0.05
-    momentum: float = 0.0
-    wd: float = 0.0
-    lam: float = 0.04
-    lam0: float = 2.0
-    m: float = 0.95
-    eps: float = 1e-7
-    per_worker_ms: bool = False
+    momentum: float = _RULE_DEFAULT["momentum"]
+    wd: float = _RULE_DEFAULT["wd"]
+    lam: float = _RULE_DEFAULT["lam"]
+    lam0: float = _RULE_DEFAULT["lam0"]
+    m: float = _RULE_DEFAULT["m"]
+    eps: float = _RULE_DEFAULT["eps"]
+    per_worker_ms: bool = _RULE_DEFAULT["per_worker_ms"]
     backup_dtype: str = "float32"
     # learning-rate schedule
     lr_schedule: str = "cosine"
