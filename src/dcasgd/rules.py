@@ -140,20 +140,22 @@ class Rule:
         True if one is ready; False where pushes of that size take no kernel
         (plain sgd/staleness, below the threshold, no compiler).
         """
+        family = self._kernel_family()
+        return family is not None and kernels.warm_up(family, bool(self.momentum), backup_dtype, num_params)
+
+    def _kernel_family(self) -> str | None:
+        """The fused kernel family this rule's update takes, or None: plain sgd/staleness
+        (no momentum, no wd) is one ``add_`` already, a single pass with no kernel."""
         if not (self.needs_backup or self.momentum or self.wd):
-            return False
-        family = self.name if self.needs_backup else "sgd"
-        return kernels.warm_up(family, bool(self.momentum), backup_dtype, num_params)
+            return None
+        return self.name if self.needs_backup else "sgd"
 
     def _apply_fused(self, w: torch.Tensor, g: torch.Tensor, backup: torch.Tensor | None,
                      step_lr: float, state: State, worker: int) -> bool:
-        """The whole update as one kernel; False (nothing touched) where none applies.
-
-        Plain sgd/staleness (no momentum, no wd) is one ``add_`` already: one pass, no kernel.
-        """
-        if not (self.needs_backup or self.momentum or self.wd) or not kernels.use_fused(w.numel()):
+        """The whole update as one kernel; False (nothing touched) where none applies."""
+        family = self._kernel_family()
+        if family is None or not kernels.use_fused(w.numel()):
             return False
-        family = self.name if self.needs_backup else "sgd"
         ms = state["mean_square"][worker if self.per_worker_ms else 0] if self.name == "dc-asgd-a" else None
         coef = self.lam0 if self.name == "dc-asgd-a" else self.lam
         return kernels.fused_update(family, w, g, backup, ms, state.get("momentum_buffer"), lr=step_lr,
