@@ -73,6 +73,7 @@ from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .consistency import SyncBarrier, parse_consistency
 from .flat import FlatModel, _views
+from .kernels import all_finite
 from .models import build_model
 from .probe import CompensationProbe, compensation_metrics, effective_lam
 from .rules import make_rule
@@ -866,6 +867,13 @@ def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
     return flat
 
 
+def emulated_slowdowns(cfg: TrainConfig) -> list[float]:
+    """Each worker's emulated slow-down k_m = speed[m] / min(speed) (>= 1; the fastest is 1)."""
+    speeds = worker_speeds(cfg)
+    fastest = min(speeds)
+    return [s / fastest for s in speeds]
+
+
 class RayWorker:
     """Worker m: a model, the training set (zero-copy from the object store) and the gradient loop.
 
@@ -887,8 +895,7 @@ class RayWorker:
         torch.set_num_threads(1)
         self.index, self.cfg = index, cfg
         self.hooks = dict(hooks or {})
-        speeds = worker_speeds(cfg)
-        self.slowdown = speeds[index] / min(speeds)          # emulated: >= 1, the fastest worker is 1
+        self.slowdown = emulated_slowdowns(cfg)[index]
         self.shards, self.ranges, self.coord = shards, ranges, coordinator
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device 'cuda': worker {index} sees no CUDA device (torch.cuda.is_available() "
@@ -948,7 +955,7 @@ class RayWorker:
     def _push(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, loss: float,
               n: int, meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
         g = grad.numpy()
-        bad = [] if bool(torch.isfinite(grad.sum())) else [   # the sum is finite only if every entry is
+        bad = [] if all_finite(grad) else [
             k for k, (start, end) in enumerate(self.ranges) if not np.isfinite(g[start:end]).all()]
         if bad:
             # the server refuses non-finite values: send only the slices that have them, so no shard
@@ -1541,7 +1548,7 @@ class RayRun:
             "worker_events": self.events_log,
             "speeds": [x / fastest if (x and fastest) else None for x in means],
             "compute_s_per_gradient": means,
-            "emulated_slowdown": [x / min(worker_speeds(self.cfg)) for x in worker_speeds(self.cfg)],
+            "emulated_slowdown": emulated_slowdowns(self.cfg),
             "curve": [{k: r[k] for k in ("epoch", "time_s", "test_error")} for r in self.evals],
             "backend": "ray",
             "config": self.cfg.to_dict(),
