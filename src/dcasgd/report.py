@@ -282,8 +282,9 @@ def write_report(run_dir: Path, to: Path | None = None, probe_run: Path | None =
     if lr_runs:
         written.append(plot_stability(lr_runs, out / "stability.png"))
     for candidate in ([probe_run] if probe_run else []) + [run_dir]:
-        written += write_compensation(candidate, out)
-        if written[-1].name == "compensation.md":
+        compensation = write_compensation(candidate, out)
+        if compensation:
+            written += compensation
             break
     return written
 
