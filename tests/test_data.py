@@ -322,6 +322,17 @@ def test_not_found_offline_lists_places(isolated):
     assert "apt-get install dataset-fashion-mnist" in message and "DCASGD_DATA" in message
 
 
+def test_cifar_batches_split_between_two_directories_are_incomplete_and_named(isolated):
+    """All six batches must sit in one directory; the error names what the fuller one lacks."""
+    directory = isolated / "root" / "cifar10"
+    write_cifar_dataset(directory / "cifar-10-batches-py")
+    (directory / "cifar-10-batches-py" / "test_batch").rename(directory / "test_batch")
+    with pytest.raises(DatasetError, match=r"incomplete.*missing: cifar-10-batches-py/test_batch$"):
+        find_dataset_dir("cifar10", root=str(isolated / "root"))
+    (directory / "test_batch").rename(directory / "cifar-10-batches-py" / "test_batch")
+    assert find_dataset_dir("cifar10", root=str(isolated / "root")) == directory
+
+
 def test_search_order(isolated, monkeypatch):
     places = {"root": isolated / "root", "env": isolated / "env",
               "home": isolated / "home" / ".cache" / "dcasgd", "system": isolated / "system"}

@@ -169,16 +169,21 @@ def _cifar_batch_dir(directory: Path) -> Path | None:
     return None
 
 
-def _is_complete(name: str, directory: Path) -> bool:
-    if name == "cifar10":
-        return _cifar_batch_dir(directory) is not None
-    return all(_idx_path(directory, stem) is not None for stem in _IDX_STEMS)
-
-
 def _missing_files(name: str, directory: Path) -> list[str]:
+    """The files ``directory`` lacks to hold ``name``; empty when it is complete.
+
+    CIFAR-10's six batches must all sit in one directory (``directory`` or its
+    ``cifar-10-batches-py/``): this names what the fuller of the two lacks, with its prefix.
+    """
     if name == "cifar10":
-        return [f for f in _CIFAR_FILES if not (directory / f).is_file() and not (directory / _CIFAR_SUBDIR / f).is_file()]
+        lacking = [[prefix + f for f in _CIFAR_FILES if not (candidate / f).is_file()]
+                   for candidate, prefix in ((directory, ""), (directory / _CIFAR_SUBDIR, _CIFAR_SUBDIR + "/"))]
+        return min(lacking, key=len)
     return [stem for stem in _IDX_STEMS if _idx_path(directory, stem) is None]
+
+
+def _is_complete(name: str, directory: Path) -> bool:
+    return not _missing_files(name, directory)
 
 
 def _expected_files(name: str) -> str:
