@@ -62,9 +62,14 @@ class Echo:
         return self.reply
 
 
+def start_shard(shard_class: type, size: int, rule: str):
+    """A one-worker shard actor of ``size`` zero weights (lr 1e-6), on no CPU of its own."""
+    return ray.remote(shard_class).options(num_cpus=0).remote(np.zeros(size, dtype=np.float32), rule, 1, 1e-6)
+
+
 def ours_round_trip(size: int, rule: str):
     """A shard actor and a function doing one worker round trip through it (pull, then push)."""
-    shard = ray.remote(rb.ServerShard).options(num_cpus=0).remote(np.zeros(size, dtype=np.float32), rule, 1, 1e-6)
+    shard = start_shard(rb.ServerShard, size, rule)
     ranges = [(0, size)]
     weights = np.empty(size, dtype=np.float32)
     grad = np.full(size, 1e-3, dtype=np.float32)
@@ -109,7 +114,7 @@ BREAKDOWN = ("server: ServerCore.pull", "pull call (the weights out through the 
 
 def breakdown(size: int, repeats: int, warmups: int) -> tuple[list[float], float]:
     """Median ms of each stage of one sgd round trip (``BREAKDOWN``), and of the bare echo, timed in turn."""
-    shard = ray.remote(TimedShard).options(num_cpus=0).remote(np.zeros(size, dtype=np.float32), "sgd", 1, 1e-6)
+    shard = start_shard(TimedShard, size, "sgd")
     echo, bare = bare_round_trip(size)
     weights = np.empty(size, dtype=np.float32)
     grad = np.full(size, 1e-3, dtype=np.float32)
