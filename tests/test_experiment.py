@@ -7,7 +7,8 @@ import statistics
 import pytest
 
 from dcasgd.cli import main
-from dcasgd.experiment import method_of, method_settings
+from dcasgd.config import TrainConfig
+from dcasgd.experiment import config_differences, method_of, method_settings
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,30 @@ def test_report_adds_compensation_from_a_probe_run(study, tmp_path):
     probe = json.loads((probe_run / "summary.json").read_text())["probe"]
     text = (to / "compensation.md").read_text()
     assert f"{probe['median_relerr_delayed']:.4f}" in text and f"{probe['median_ratio_dc_to_delayed']:.3f}" in text
+
+
+def test_a_final_run_made_with_another_lr_is_moved_aside_and_run_again(tmp_path, capsys):
+    """Narrowing the grid to another lr must not reuse the final run made at the old one."""
+    out = tmp_path / "study"
+    args = ["compare", str(out), "--dataset", "synthetic", "--methods", "asgd", "--workers-grid", "4",
+            "--seeds", "0", "--lam0-grid", "", "--val-size", "64", "--epochs", "1", "--batch-size", "32"]
+    assert main(args + ["--lr-grid", "0.2"]) == 0
+    first = json.loads((out / "final" / "asgd-M4-s0" / "summary.json").read_text())
+    assert main(args + ["--lr-grid", "0.05"]) == 0
+    assert "stale: " in capsys.readouterr().out
+    moved = json.loads((out / "stale" / "final" / "asgd-M4-s0" / "summary.json").read_text())
+    assert moved == first and moved["config"]["lr"] == 0.2                  # kept, not deleted
+    again = json.loads((out / "final" / "asgd-M4-s0" / "summary.json").read_text())
+    assert again["config"]["lr"] == 0.05
+    assert json.loads((out / "compare.json").read_text())["chosen_lr"] == {"asgd@M4": 0.05}
+    assert main(args + ["--lr-grid", "0.2"]) == 0                          # and back: a second stale copy
+    assert (out / "stale" / "final" / "asgd-M4-s0.1" / "summary.json").exists()
+
+
+def test_config_differences_name_computing_settings_only():
+    wanted = TrainConfig(lr=0.05, out="here", progress=False)
+    recorded = json.loads(json.dumps(TrainConfig(lr=0.2, out="elsewhere", progress=True).to_dict()))
+    assert config_differences(recorded, wanted) == ["lr: 0.2 -> 0.05"]
+    del recorded["corrupt"]                                  # a run recorded before the field existed
+    recorded["lr"] = 0.05
+    assert config_differences(recorded, wanted) == []

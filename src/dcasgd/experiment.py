@@ -11,8 +11,11 @@ compare runs, under ``OUT/``:
 3. ``lambda/lam0-<v>``: DC-ASGD-a at M=8 over ``lam0_grid`` (test set, first
    seed), the analog of the paper's supplementary Figure 5.
 
-A run whose ``summary.json`` exists is skipped, so an interrupted compare
-resumes.  ``OUT/compare.json`` records the grid, the chosen learning rates,
+A run whose ``summary.json`` exists and records the configuration its job
+asks for is skipped, so an interrupted compare resumes.  A finished run whose
+recorded configuration differs (the grid or a setting changed since: a widened
+``lr_grid`` changes the chosen lr of a ``final`` run) is stale: it is moved to
+``OUT/stale/`` and run again, never reused and never deleted.  ``OUT/compare.json`` records the grid, the chosen learning rates,
 the command line and the git commit.  The methods:
 
 ============  =====================  =========================
@@ -110,23 +113,15 @@ def plan(base: TrainConfig, grid: dict[str, Any], out: Path, chosen: dict[tuple[
     return jobs
 
 
-def choose_learning_rates(out: Path, grid: dict[str, Any]) -> dict[tuple[str, int], float]:
-    """Best lr per (method, M) by final validation error among finished lr-phase runs."""
-    best: dict[tuple[str, int], tuple[float, float]] = {}
-    for m in grid["methods"]:
-        for w in grid["workers"]:
-            if (m == "sequential") != (w == 1):
-                continue
-            results = []
-            for lr in grid["lr_grid"]:
-                summary = read_summary(out / "lr" / f"{m}-M{w}-lr{_fmt(lr)}")
-                if summary is None:
-                    break
-                results.append((summary["final_test_error"], lr))
-            else:
-                if results:
-                    best[(m, w)] = min(results)          # ties go to the smaller lr
-    return {k: lr for k, (_, lr) in best.items()}
+def choose_learning_rates(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[tuple[str, int], float]:
+    """Best lr per (method, M) by final validation error, once all its lr-phase runs are current."""
+    best: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for job in plan(base, grid, out, {}):
+        summary = current_summary(job, base, grid)
+        if summary is not None:
+            best.setdefault((job.method, job.workers), []).append((summary["final_test_error"], job.lr))
+    return {k: min(results)[1] for k, results in best.items()          # ties go to the smaller lr
+            if len(results) == len(grid["lr_grid"])}
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -134,6 +129,44 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return json.loads(path.read_text())
+
+
+# Settings that say where a run writes and how it reports, not what it computes.
+_PLACE_FIELDS = frozenset({"out", "progress", "tensorboard", "data_root", "address", "resume",
+                           "checkpoint_every", "keep_checkpoints"})
+
+
+def config_differences(recorded: dict[str, Any], wanted: TrainConfig) -> list[str]:
+    """``field: recorded -> wanted`` for each computing setting where a run's recorded config differs.
+
+    A field the record lacks (added to TrainConfig after the run) counts at its default,
+    which is what the run computed with.
+    """
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    wanted_dict = json.loads(json.dumps(wanted.to_dict()))
+    return [f"{k}: {recorded.get(k, defaults[k])!r} -> {v!r}" for k, v in wanted_dict.items()
+            if k not in _PLACE_FIELDS and recorded.get(k, defaults[k]) != v]
+
+
+def current_summary(job: Job, base: TrainConfig, grid: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's finished summary, or None when it has none or it was run with other settings."""
+    summary = read_summary(job.out)
+    if summary is None or config_differences(summary["config"], job.config(base, grid)):
+        return None
+    return summary
+
+
+def move_stale(job: Job, out: Path, differences: list[str]) -> Path:
+    """Move a stale finished run to ``out/stale/<phase>/<name>[.k]``; returns where it went."""
+    target = out / "stale" / job.phase / job.out.name
+    k = 1
+    while target.exists():
+        target, k = out / "stale" / job.phase / f"{job.out.name}.{k}", k + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    job.out.rename(target)
+    print(f"stale: {job.out} was run with other settings ({'; '.join(differences)}); "
+          f"moved to {target}, running it again", flush=True)
+    return target
 
 
 def _run_job(cfg: TrainConfig, threads: int) -> dict[str, Any]:
@@ -170,15 +203,23 @@ class GridProgress:
               f"M={job.workers:<3d} seed={job.seed} lr={_fmt(job.lr)}{dict(job.extra) or ''}: {what}", flush=True)
 
 
-def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], n_jobs: int, threads: int) -> None:
-    todo = [j for j in jobs if read_summary(j.out) is None]
+def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int,
+             threads: int) -> None:
+    configs = {job: job.config(base, grid) for job in jobs}
+    todo = []
+    for job in jobs:
+        summary = read_summary(job.out)
+        differences = [] if summary is None else config_differences(summary["config"], configs[job])
+        if differences:
+            move_stale(job, out, differences)
+        if summary is None or differences:
+            todo.append(job)
     progress = GridProgress(len(jobs))
     for job in jobs:
         if job not in todo:
             progress.finished(job, None, skipped=True)
     if not todo:
         return
-    configs = {job: job.config(base, grid) for job in todo}
     with ProcessPoolExecutor(max_workers=n_jobs) as pool:
         pending = {pool.submit(_run_job, configs[job], threads): job for job in todo}
         while pending:
@@ -196,15 +237,15 @@ def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, thr
     """
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // n_jobs)
-    chosen = choose_learning_rates(out, grid)
+    chosen = choose_learning_rates(base, grid, out)
     if len(grid["lr_grid"]) == 1:
         chosen = {(m, w): grid["lr_grid"][0] for m in grid["methods"] for w in grid["workers"]
                   if (m == "sequential") == (w == 1)}
     for _ in range(2):                       # phase 1 (if needed), then phases 2 and 3
         jobs = plan(base, grid, out, chosen)
-        run_jobs(jobs, base, grid, n_jobs, threads)
+        run_jobs(jobs, base, grid, out, n_jobs, threads)
         if jobs and jobs[0].phase == "lr":
-            chosen = choose_learning_rates(out, grid)
+            chosen = choose_learning_rates(base, grid, out)
             continue
         break
     record = {"grid": grid, "chosen_lr": {f"{m}@M{w}": lr for (m, w), lr in sorted(chosen.items())},
