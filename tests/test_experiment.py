@@ -9,6 +9,7 @@ import pytest
 from dcasgd.cli import main
 from dcasgd.config import TrainConfig
 from dcasgd.experiment import config_differences, method_of, method_settings
+from dcasgd.report import write_tables
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,18 @@ def test_config_differences_name_computing_settings_only():
     del recorded["corrupt"]                                  # a run recorded before the field existed
     recorded["lr"] = 0.05
     assert config_differences(recorded, wanted) == []
+
+
+def test_the_table_marks_a_chosen_lr_at_the_edge_of_the_grid(tmp_path):
+    def runs(lr, errors):
+        return [{"config": {"seed": s, "lr": lr}, "final_test_error": e} for s, e in enumerate(errors)]
+
+    groups = {("asgd", 4): runs(0.1, [20.0, 22.0]), ("asgd", 8): runs(0.05, [30.0, 31.0]),
+              ("ssgd", 8): runs(0.2, [25.0, 25.0])}
+    meta = {"grid": {"lr_grid": [0.05, 0.1, 0.2]}, "chosen_lr": {"asgd@M4": 0.1, "asgd@M8": 0.05, "ssgd@M8": 0.2}}
+    write_tables(groups, meta, tmp_path)
+    edge = {(r["method"], r["workers"]): r["lr_at_grid_edge"] for r in csv.DictReader(open(tmp_path / "table.csv"))}
+    assert edge == {("asgd", "4"): "0", ("asgd", "8"): "1", ("ssgd", "8"): "1"}
+    table = (tmp_path / "table.md").read_text()
+    assert "21.00 ± 1.41 (n=2, lr 0.1)" in table and "30.50 ± 0.71 (n=2, lr 0.05 (edge))" in table
+    assert "(n=2, lr 0.2 (edge))" in table and "(0.05, 0.1, 0.2)" in table

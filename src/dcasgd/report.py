@@ -65,8 +65,10 @@ def write_tables(groups, meta: dict[str, Any], out: Path) -> list[Path]:
     workers = sorted({m for _, m in groups})
     methods = [m for m in METHODS if any(k[0] == m for k in groups)]
     chosen = meta.get("chosen_lr", {})
+    lr_grid = meta.get("grid", {}).get("lr_grid", [])
+    edges = {min(lr_grid), max(lr_grid)} if len(lr_grid) > 1 else set()
     seeds = sorted({r["config"]["seed"] for runs in groups.values() for r in runs})
-    rows_csv = [["method", "workers", "mean_error_pct", "std_error_pct", "seeds", "lr", "errors"]]
+    rows_csv = [["method", "workers", "mean_error_pct", "std_error_pct", "seeds", "lr", "lr_at_grid_edge", "errors"]]
     header = "| method | " + " | ".join(f"M={m}" for m in workers) + " |"
     lines = [
         "# Final test error (%), mean ± std over seeds",
@@ -89,12 +91,17 @@ def write_tables(groups, meta: dict[str, Any], out: Path) -> list[Path]:
             mean, std = mean_std(errors)
             lr = chosen.get(f"{method}@M{m}", runs[0]["config"]["lr"])
             diverged = sum(bool(r.get("diverged")) for r in runs)
-            cells.append(f"{mean:.2f} ± {std:.2f} (n={len(runs)}, lr {lr:g}{', %d diverged' % diverged if diverged else ''})")
-            rows_csv.append([method, m, f"{mean:.4f}", f"{std:.4f}", len(runs), lr,
+            edge = lr in edges
+            cells.append(f"{mean:.2f} ± {std:.2f} (n={len(runs)}, lr {lr:g}{' (edge)' if edge else ''}"
+                         f"{', %d diverged' % diverged if diverged else ''})")
+            rows_csv.append([method, m, f"{mean:.4f}", f"{std:.4f}", len(runs), lr, int(edge),
                              ";".join(f"{e:.4f}" for e in errors)])
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "Learning rates were chosen per method and M on a validation split held out from the "
               "training set (never on the test set); `lr` is the chosen value."]
+    if edges:
+        lines += ["", f"_(edge)_: the chosen lr is the smallest or largest of the grid "
+                  f"({', '.join(f'{v:g}' for v in lr_grid)}), so a wider grid might do better there."]
     md, csv_path = out / "table.md", out / "table.csv"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
