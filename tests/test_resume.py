@@ -1,6 +1,7 @@
 """Checkpoints and exact resume in the simulator; refused gradients; bad checkpoints."""
 
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -28,6 +29,7 @@ def config(out, **kw):
     dict(failures=((2, 6.0, 14.0),), momentum=0.5),
     dict(consistency="ssp:1", stragglers={1: 2.5}),
     dict(consistency="sync", rule="sgd"),
+    dict(consistency="sync", rule="sgd", corrupt={1: 0.3}, workers=3),   # refused pushes mid-round
 ])
 def test_stopped_and_resumed_runs_are_bit_identical(tmp_path, extra):
     whole = run_sim(config(tmp_path / "whole", **extra))
@@ -74,14 +76,24 @@ def test_resume_through_the_cli_takes_the_checkpoints_settings(tmp_path):
     assert mismatch.returncode == 2 and "from a different run (workers" in mismatch.stderr
 
 
-def test_refused_gradients_are_counted_and_max_refused_stops_cleanly(tmp_path):
-    result = run_sim(config(tmp_path / "a", corrupt={1: 0.3}))
+@pytest.mark.parametrize("extra", [dict(), dict(consistency="sync", rule="sgd"), dict(consistency="ssp:1")])
+def test_refused_gradients_are_counted_and_max_refused_stops_cleanly(tmp_path, extra):
+    result = run_sim(config(tmp_path / "a", corrupt={1: 0.3}, **extra))
     refused = result.summary["refused_per_worker"]
     assert refused[1] > 0 and refused[0] == refused[2] == refused[3] == 0
     assert result.summary["final_test_error"] < 40 and not result.summary["diverged"]
     events = [e for e in result.summary["worker_events"] if e["event"] == "push_refused"]
     assert len(events) == refused[1] and "NaN or Inf" in events[0]["reason"]
-    stopped = run_sim(config(tmp_path / "b", corrupt={1: 0.3}, max_refused=3))
+    assert all(math.isfinite(v) for v in result.weights.tolist())
+    if extra.get("consistency") == "sync":                 # every round still averages all 4 workers
+        updates = [r for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").read_text().splitlines())
+                   if r["kind"] == "update"]
+        per_round = {}
+        for r in updates:
+            per_round.setdefault(r["version"], []).append(r["worker"])
+        assert all(sorted(ws) == [0, 1, 2, 3] for ws in per_round.values())
+        assert len(per_round) == result.summary["updates"]
+    stopped = run_sim(config(tmp_path / "b", corrupt={1: 0.3}, max_refused=3, **extra))
     assert stopped.summary["stopped_early"] and stopped.summary["refused_per_worker"][1] == 3
     assert list_checkpoints(tmp_path / "b" / "checkpoints")
     assert stopped.summary["worker_events"][-1]["reason"] == "max_refused"

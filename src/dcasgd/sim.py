@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -282,8 +282,11 @@ class Simulator:
         self.server_buffers.copy_(result.buffers)        # BatchNorm statistics: latest pushed wins
         clock_at_start = w.clock
         w.clock += 1
+        grad = self._maybe_corrupt(w, result.grad)
         if self.consistency.mode == "sync":
-            self.barrier.add(w.index, result.grad)
+            if not self._accepted(w, lambda: self.server.validate(w.index, grad, w.base_version)):
+                return                                     # it computes again for the same round
+            self.barrier.add(w.index, grad)
             self._record_update(w, 0, result.loss, clock_at_start)
             w.waiting_since = self.now
             if self.barrier.complete:
@@ -293,18 +296,23 @@ class Simulator:
         if self.probe is not None:
             self.probe.maybe_record(self, w, result, batch)
         staleness = self.server.version - w.base_version
-        grad = self._maybe_corrupt(w, result.grad)
-        try:
-            self.server.push(w.index, grad, w.base_version)
-        except PushRejected as exc:                        # the worker is told, and pulls again
-            self._log_event("push_refused", w.index, reason=str(exc))
-            self._start(w)
+        if not self._accepted(w, lambda: self.server.push(w.index, grad, w.base_version)):
             return
         self._record_update(w, staleness, result.loss, clock_at_start)
         self._after_update()
         if not self.finished:
             self._start(w)
             self._release_waiting()
+
+    def _accepted(self, w: SimWorker, push: Callable[[], Any]) -> bool:
+        """Run ``push``; on PushRejected the worker is told (an event) and pulls again."""
+        try:
+            push()
+        except PushRejected as exc:
+            self._log_event("push_refused", w.index, reason=str(exc))
+            self._start(w)
+            return False
+        return True
 
     def _finish_sync_round(self) -> None:
         first = min(self.barrier.received)
