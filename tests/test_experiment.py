@@ -128,3 +128,5 @@ def test_the_table_marks_a_chosen_lr_at_the_edge_of_the_grid(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "21.00 ± 1.41 (n=2, lr 0.1)" in table and "30.50 ± 0.71 (n=2, lr 0.05 (edge))" in table
     assert "(n=2, lr 0.2 (edge))" in table and "(0.05, 0.1, 0.2)" in table
+    write_tables({("asgd", 4): groups[("asgd", 4)]}, meta, tmp_path)        # nothing at an edge: no note
+    assert "(edge)" not in (tmp_path / "table.md").read_text()

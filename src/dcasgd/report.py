@@ -99,7 +99,7 @@ def write_tables(groups, meta: dict[str, Any], out: Path) -> list[Path]:
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "Learning rates were chosen per method and M on a validation split held out from the "
               "training set (never on the test set); `lr` is the chosen value."]
-    if edges:
+    if any(row[6] for row in rows_csv[1:]):
         lines += ["", f"_(edge)_: the chosen lr is the smallest or largest of the grid "
                   f"({', '.join(f'{v:g}' for v in lr_grid)}), so a wider grid might do better there."]
     md, csv_path = out / "table.md", out / "table.csv"
