@@ -268,8 +268,9 @@ def accuracy_section(epochs: float, seeds: list[int]) -> tuple[str, dict]:
     spent = time.perf_counter() - start
     rows = [[dtype, *[fmt(e, 2) for e in errs], fmt(sum(errs) / len(errs), 2)] for dtype, errs in errors.items()]
     diff = [b - f for f, b in zip(errors["float32"], errors["bfloat16"])]
-    body = (f"Preset `fmnist-mlp` (Fashion-MNIST, MLP 784-256-256-10, batch 128, lr 0.1 step schedule), "
-            f"DC-ASGD-a async, 16 simulated workers, {epochs:g} epochs (the preset runs 5), seeds {seeds}; "
+    body = (f"Preset `fmnist-mlp` (Fashion-MNIST, MLP 784-256-256-10, batch {preset['batch_size']}, "
+            f"lr {preset['lr']:g} {preset['lr_schedule']} schedule), DC-ASGD-a async, 16 simulated workers, "
+            f"{epochs:g} epochs (the preset runs {preset['epochs']:g}), seeds {seeds}; "
             f"`dcasgd.sim.run_sim(TrainConfig(..., workers=16, backup_dtype=...))`; {spent:.0f} s in all.\n\n"
             + table(["backups", *[f"test error % seed {s}" for s in seeds], "mean"], rows)
             + f"\n\nbfloat16 - float32 final test error: {', '.join(f'{d:+.2f}' for d in diff)} points "
