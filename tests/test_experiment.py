@@ -130,3 +130,21 @@ def test_the_table_marks_a_chosen_lr_at_the_edge_of_the_grid(tmp_path):
     assert "(n=2, lr 0.2 (edge))" in table and "(0.05, 0.1, 0.2)" in table
     write_tables({("asgd", 4): groups[("asgd", 4)]}, meta, tmp_path)        # nothing at an edge: no note
     assert "(edge)" not in (tmp_path / "table.md").read_text()
+
+
+def test_lr_runs_made_with_other_settings_are_not_used_to_choose(tmp_path):
+    """A setting changed since the lr phase (here epochs): its runs are stale, rerun, and chosen from anew."""
+    out = tmp_path / "study"
+    args = ["compare", str(out), "--dataset", "synthetic", "--methods", "asgd", "--workers-grid", "4",
+            "--seeds", "0", "--lam0-grid", "", "--val-size", "64", "--batch-size", "32", "--lr-grid", "0.05,0.2"]
+    assert main(args + ["--epochs", "1"]) == 0
+    assert main(args + ["--epochs", "0.5"]) == 0
+    for lr in ("0.05", "0.2"):
+        old = json.loads((out / "stale" / "lr" / f"asgd-M4-lr{lr}" / "summary.json").read_text())
+        assert old["config"]["epochs"] == 1
+    val = {lr: json.loads((out / "lr" / f"asgd-M4-lr{lr:g}" / "summary.json").read_text()) for lr in (0.05, 0.2)}
+    assert all(s["config"]["epochs"] == 0.5 for s in val.values())
+    chosen = min(val, key=lambda lr: (val[lr]["final_test_error"], lr))
+    assert json.loads((out / "compare.json").read_text())["chosen_lr"] == {"asgd@M4": chosen}
+    final = json.loads((out / "final" / "asgd-M4-s0" / "summary.json").read_text())["config"]
+    assert final["epochs"] == 0.5 and final["lr"] == chosen
