@@ -161,9 +161,14 @@ def _idx_path(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def _cifar_candidates(directory: Path) -> tuple[tuple[Path, str], ...]:
+    """Where CIFAR-10's batches may sit, each with its prefix relative to ``directory``."""
+    return (directory, ""), (directory / _CIFAR_SUBDIR, _CIFAR_SUBDIR + "/")
+
+
 def _cifar_batch_dir(directory: Path) -> Path | None:
     """The directory holding all CIFAR-10 batches: ``directory`` or its ``cifar-10-batches-py``."""
-    for candidate in (directory, directory / _CIFAR_SUBDIR):
+    for candidate, _ in _cifar_candidates(directory):
         if all((candidate / f).is_file() for f in _CIFAR_FILES):
             return candidate
     return None
@@ -177,7 +182,7 @@ def _missing_files(name: str, directory: Path) -> list[str]:
     """
     if name == "cifar10":
         lacking = [[prefix + f for f in _CIFAR_FILES if not (candidate / f).is_file()]
-                   for candidate, prefix in ((directory, ""), (directory / _CIFAR_SUBDIR, _CIFAR_SUBDIR + "/"))]
+                   for candidate, prefix in _cifar_candidates(directory)]
         return min(lacking, key=len)
     return [stem for stem in _IDX_STEMS if _idx_path(directory, stem) is None]
 

@@ -15,8 +15,9 @@ A run whose ``summary.json`` exists and records the configuration its job
 asks for is skipped, so an interrupted compare resumes.  A finished run whose
 recorded configuration differs (the grid or a setting changed since: a widened
 ``lr_grid`` changes the chosen lr of a ``final`` run) is stale: it is moved to
-``OUT/stale/`` and run again, never reused and never deleted.  ``OUT/compare.json`` records the grid, the chosen learning rates,
-the command line and the git commit.  The methods:
+``OUT/stale/`` and run again, never reused and never deleted.
+``OUT/compare.json`` records the grid, the chosen learning rates, the command
+line and the git commit.  The methods:
 
 ============  =====================  =========================
 method        rule                   consistency
@@ -134,6 +135,7 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 # Settings that say where a run writes and how it reports, not what it computes.
 _PLACE_FIELDS = frozenset({"out", "progress", "tensorboard", "data_root", "address", "resume",
                            "checkpoint_every", "keep_checkpoints"})
+_DEFAULTS = json.loads(json.dumps(TrainConfig().to_dict()))   # as a summary.json records them
 
 
 def config_differences(recorded: dict[str, Any], wanted: TrainConfig) -> list[str]:
@@ -142,18 +144,21 @@ def config_differences(recorded: dict[str, Any], wanted: TrainConfig) -> list[st
     A field the record lacks (added to TrainConfig after the run) counts at its default,
     which is what the run computed with.
     """
-    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
     wanted_dict = json.loads(json.dumps(wanted.to_dict()))
-    return [f"{k}: {recorded.get(k, defaults[k])!r} -> {v!r}" for k, v in wanted_dict.items()
-            if k not in _PLACE_FIELDS and recorded.get(k, defaults[k]) != v]
+    return [f"{k}: {recorded.get(k, _DEFAULTS[k])!r} -> {v!r}" for k, v in wanted_dict.items()
+            if k not in _PLACE_FIELDS and recorded.get(k, _DEFAULTS[k]) != v]
+
+
+def finished_run(job: Job, config: TrainConfig) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the job's summary or None, how its recorded config differs from ``config``; empty: current)."""
+    summary = read_summary(job.out)
+    return summary, ([] if summary is None else config_differences(summary["config"], config))
 
 
 def current_summary(job: Job, base: TrainConfig, grid: dict[str, Any]) -> dict[str, Any] | None:
     """The job's finished summary, or None when it has none or it was run with other settings."""
-    summary = read_summary(job.out)
-    if summary is None or config_differences(summary["config"], job.config(base, grid)):
-        return None
-    return summary
+    summary, differences = finished_run(job, job.config(base, grid))
+    return None if differences else summary
 
 
 def move_stale(job: Job, out: Path, differences: list[str]) -> Path:
@@ -208,8 +213,7 @@ def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], out: Path
     configs = {job: job.config(base, grid) for job in jobs}
     todo = []
     for job in jobs:
-        summary = read_summary(job.out)
-        differences = [] if summary is None else config_differences(summary["config"], configs[job])
+        summary, differences = finished_run(job, configs[job])
         if differences:
             move_stale(job, out, differences)
         if summary is None or differences:

@@ -69,6 +69,7 @@ def write_tables(groups, meta: dict[str, Any], out: Path) -> list[Path]:
     edges = {min(lr_grid), max(lr_grid)} if len(lr_grid) > 1 else set()
     seeds = sorted({r["config"]["seed"] for runs in groups.values() for r in runs})
     rows_csv = [["method", "workers", "mean_error_pct", "std_error_pct", "seeds", "lr", "lr_at_grid_edge", "errors"]]
+    any_edge = False
     header = "| method | " + " | ".join(f"M={m}" for m in workers) + " |"
     lines = [
         "# Final test error (%), mean ± std over seeds",
@@ -92,6 +93,7 @@ def write_tables(groups, meta: dict[str, Any], out: Path) -> list[Path]:
             lr = chosen.get(f"{method}@M{m}", runs[0]["config"]["lr"])
             diverged = sum(bool(r.get("diverged")) for r in runs)
             edge = lr in edges
+            any_edge = any_edge or edge
             cells.append(f"{mean:.2f} ± {std:.2f} (n={len(runs)}, lr {lr:g}{' (edge)' if edge else ''}"
                          f"{', %d diverged' % diverged if diverged else ''})")
             rows_csv.append([method, m, f"{mean:.4f}", f"{std:.4f}", len(runs), lr, int(edge),
@@ -99,7 +101,7 @@ def write_tables(groups, meta: dict[str, Any], out: Path) -> list[Path]:
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "Learning rates were chosen per method and M on a validation split held out from the "
               "training set (never on the test set); `lr` is the chosen value."]
-    if any(row[6] for row in rows_csv[1:]):
+    if any_edge:
         lines += ["", f"_(edge)_: the chosen lr is the smallest or largest of the grid "
                   f"({', '.join(f'{v:g}' for v in lr_grid)}), so a wider grid might do better there."]
     md, csv_path = out / "table.md", out / "table.csv"
