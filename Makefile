@@ -22,7 +22,7 @@ data: $(STAMP)
 	sh scripts/ensure-data.sh $(PY)
 
 run: data
-	$(PY) -m dcasgd train --out $(RUN_OUT)
+	$(PY) -m dcasgd train --out $(RUN_OUT) --overwrite
 
 test: data
 	$(PY) -m pytest -q -m "not slow"

@@ -36,8 +36,9 @@ SCRIPTS = [
     ("scaling", [], 300),
     ("sim_overhead", [], 600),
     ("ray_transport", [], 600),
+    ("peers", [], 900),
 ]
-RAY_SCRIPTS = {"ray_transport"}
+RAY_SCRIPTS = {"ray_transport", "peers"}
 
 
 def write_run_times(took_s: list[tuple[str, str, float]], total_s: float, args: argparse.Namespace) -> None:
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
     parser.add_argument("--only", default="", help="comma-separated script names (default: all present)")
     parser.add_argument("--assemble-only", action="store_true", help="only rebuild README.md from results/*.md")
-    parser.add_argument("--no-ray", action="store_true", help="skip Ray: --no-ray to stragglers, skip ray_transport")
+    parser.add_argument("--no-ray", action="store_true", help="skip Ray: --no-ray to stragglers, skip ray_transport "
+                                                             "and peers")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every script (default 1; "
                                                                "0 = torch's default)")
     args = parser.parse_args(argv)

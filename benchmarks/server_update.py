@@ -9,7 +9,13 @@
        sgd, staleness   w read+written, g read                  12 B
        dc-asgd-c        + backup read                           16 B (14 B with bfloat16 backups)
        dc-asgd-a        + backup read, ms read+written          24 B (22 B)
-       ServerCore.push  + the finite check's read of g          +4 B
+       ServerCore.push  + the guard's read of g (g . g)        +4 B
+
+   The guard: ``ServerCore.push`` proves, before applying an update, that it
+   leaves finite weights (``g . g`` bounds the gradient, tracked norm bounds
+   the rest; see ``dcasgd.server``).  Its cost is that one read of g plus a
+   few scalar operations, reported as ``push - bare`` beside ``g . g`` alone
+   and the plain finite check ``kernels.all_finite(g)`` it replaced.
 
    GB/s = those bytes / median time; the copy's bytes are read + written.
    Targets at P = 11M and 25M: dc-asgd-a at most 3x the time of sgd, and at
@@ -108,6 +114,8 @@ def time_size(p: int, repeats: int) -> dict:
     nbytes["isfinite(g).all()"] = 4
     cands["kernels.all_finite(g)"] = lambda: kernels.all_finite(g)
     nbytes["kernels.all_finite(g)"] = 4
+    cands["g . g (the guard)"] = lambda: torch.dot(g, g).item()
+    nbytes["g . g (the guard)"] = 4
     copies = {}
     for b in sorted(set(nbytes.values()) - {4}):
         n = b * p // 8                                   # n floats read + n written = b*p bytes
@@ -167,6 +175,13 @@ def speed_section(sizes: list[int], repeats_of, threads_line: str) -> tuple[str,
         checks.append(f"- P={label(p)}: finite check `torch.isfinite(g).all()` {fmt(t['isfinite(g).all()'] * 1e3, 2)} ms "
                       f"vs `kernels.all_finite(g)` {fmt(t['kernels.all_finite(g)'] * 1e3, 2)} ms "
                       f"(push sgd {fmt(t['push sgd'] * 1e3, 2)} ms, bare sgd {fmt(t['bare sgd'] * 1e3, 2)} ms)")
+        guard = {rule: t[f"push {rule}"] - t[f"bare {rule}"] for rule in ("sgd", "dc-asgd-a")}
+        checks.append(f"- P={label(p)}: the finite-weights guard (validation + proof) costs push - bare = "
+                      f"{fmt(guard['sgd'] * 1e3, 3)} ms for sgd ({100 * guard['sgd'] / t['push sgd']:.0f}% of its push), "
+                      f"{fmt(guard['dc-asgd-a'] * 1e3, 3)} ms for dc-asgd-a "
+                      f"({100 * guard['dc-asgd-a'] / t['push dc-asgd-a']:.0f}%); its read `g . g` alone "
+                      f"{fmt(t['g . g (the guard)'] * 1e3, 3)} ms, the old `kernels.all_finite(g)` "
+                      f"{fmt(t['kernels.all_finite(g)'] * 1e3, 3)} ms")
     header = ["P", "what", "B/param", "median ms", "best ms", "GB/s", "copy GB/s (same bytes)", "% of copy",
               "x sgd (same path)"]
     body = (f"{threads_line}.  Fused kernel (torch.compile) used for P >= {label(kernels.compile_min_params())}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -136,7 +135,6 @@ def test_a_killed_server_shard_stops_the_run_and_resume_applies_nothing_twice(cl
             run._killed = True
             sigkill(run.actors.shards[1])                   # the second shard: a plain ServerShard actor
 
-    started = time.perf_counter()
     with pytest.raises(rb.ServerLost):
         rb.run_ray(make_cfg(out, c.address, **cfg), on_tick=kill_shard)
     crashed = json.loads((out / "summary.json").read_text())
@@ -151,7 +149,6 @@ def test_a_killed_server_shard_stops_the_run_and_resume_applies_nothing_twice(cl
     assert final["updates"] == UPDATES and final["epochs_done"] == 2.0
     assert_applied_once(read_jsonl(out / "trace.jsonl"), UPDATES)
     assert final["final_test_error"] < 30.0
-    assert time.perf_counter() - started < 120
 
 
 # ---------------------------------------------------------------- (c) a worker node removed from the cluster

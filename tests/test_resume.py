@@ -12,6 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dcasgd import atomic
 from dcasgd import checkpoint as ckpt
 from dcasgd.checkpoint import CheckpointError, encode, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from dcasgd.config import TrainConfig
@@ -159,12 +160,12 @@ def test_a_write_killed_at_any_byte_leaves_the_previous_checkpoint_loadable(tmp_
                 raise OSError("killed mid-write")
             f.write = partial
             return f
-        ckpt.os.fdopen = torn_fdopen
+        atomic.os.fdopen = torn_fdopen  # the atomic writer that checkpoints use
         try:
             with pytest.raises(OSError, match="killed"):
                 save_checkpoint(directory, {"w": torch.zeros(100), "version": 2}, step=2)
         finally:
-            ckpt.os.fdopen = real_fdopen
+            atomic.os.fdopen = real_fdopen
         assert not list(directory.glob("*.tmp")) and not (directory / "ckpt-000000002.pt").exists()
     path, state = load_latest(directory)
     assert path.name == "ckpt-000000001.pt" and state["version"] == 1 and torch.equal(state["w"], torch.ones(100))

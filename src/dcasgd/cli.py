@@ -1,8 +1,12 @@
-"""The ``dcasgd`` command line: ``train`` (and the subcommands later modules add).
+"""The ``dcasgd`` command line: ``train``, ``compare`` and ``report``.
 
 Settings come, in increasing priority, from TrainConfig's defaults, a preset
 (``--preset NAME``), a TOML file (``--config FILE``) and explicit flags.
-Every bad input ends with one ``dcasgd: error: ...`` line and exit status 2.
+Every bad input ends with one ``dcasgd: error: ...`` line and exit status 2;
+how a run ended is one line and an exit status of its own (:data:`EXIT_STATUS_HELP`).
+
+This module imports no torch at start-up: ``--help`` and argument errors are
+immediate; the backends and the study tools are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -12,28 +16,31 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import BACKENDS, DATASETS, SCHEDULES, ConfigError, TrainConfig
-from .models import MODELS
+from .config import NOT_RESTORED_ON_RESUME, RESUME_MAY_CHANGE, ConfigError, TrainConfig
+from .errors import InputError, RunFailed
+from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, MODELS, RULES, SCHEDULES
 from .presets import PRESETS, load_config_file, load_preset, settings_from_toml
-from .rules import RULES
+from .rundir import resume_run_dir
 
-EXIT_BAD_INPUT = 2
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_DIVERGED, EXIT_MAX_REFUSED, EXIT_NO_LIVE_WORKERS, EXIT_INTERRUPTED = 3, 4, 5, 130
 
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (each carries one clear message); anything else is a bug."""
-    from .checkpoint import CheckpointError
-    from .consistency import ConsistencyError
-    from .data import DatasetError
-    from .models import ModelError
-    from .rules import RuleError
-    from .server import PushRejected, ShardError, StateMismatch
-    from .sim import TraceError
-    return (ConfigError, CheckpointError, ConsistencyError, DatasetError, ModelError, RuleError, PushRejected,
-            ShardError, StateMismatch, TraceError, OSError)
+EXIT_STATUS_HELP = """exit status:
+  0    the run finished, or stopped where --stop-after-updates asked (continue it with --resume DIR)
+  1    the run failed (a server actor died, a worker raised); --resume DIR continues from the last checkpoint
+  2    bad input: one 'dcasgd: error:' line names it, and nothing was written
+  3    the model diverged (a non-finite gradient or update); summary.json reports chance-level error
+  4    stopped: a worker reached --max-refused refused pushes (a checkpoint was written)
+  5    stopped: no live workers were left (every worker failed without rejoining)
+  130  interrupted (Ctrl-C)
+"""
 
 
-INPUT_ERRORS = _input_errors()
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``dcasgd: error: ...`` and exit status 2, no usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"dcasgd: error: {message} (see '{self.prog} --help')\n")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -85,7 +92,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=S, help=f"mini-batch per worker b (default {d.batch_size})")
     g.add_argument("--seed", type=int, default=S, help=f"fixes data order, model init and simulated timing "
                    f"(default {d.seed})")
-    g.add_argument("--out", default=S, help=f"run directory for metrics.jsonl and summary.json (default {d.out})")
+    g.add_argument("--out", default=S, help=f"run directory for metrics.jsonl and summary.json (default {d.out}; "
+                   "with --resume DIR: DIR); a new run refuses a directory holding another run's files")
+    g.add_argument("--overwrite", action="store_true", default=S,
+                   help="let a new run replace the files of another run in --out (and --tensorboard)")
     g.add_argument("--val-size", type=int, default=S, help="training samples held out for validation (default 0)")
     g.add_argument("--eval-split", choices=("test", "val"), default=S,
                    help="split that evaluations and final_test_error measure (default test)")
@@ -102,7 +112,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     h.add_argument("--eps", type=float, default=S, help=f"dc-asgd-a: epsilon (default {d.eps:g})")
     h.add_argument("--per-worker-ms", action="store_true", default=S,
                    help="dc-asgd-a: one MeanSquare buffer per worker (Multiverso) instead of one global")
-    h.add_argument("--backup-dtype", choices=("float32", "bfloat16"), default=S,
+    h.add_argument("--backup-dtype", choices=BACKUP_DTYPES, default=S,
                    help="dtype of the per-worker weight backups on the server (default float32)")
     h.add_argument("--lr-schedule", choices=SCHEDULES, default=S, help=f"(default {d.lr_schedule})")
     h.add_argument("--lr-milestones", type=_floats, default=S, metavar="E1,E2",
@@ -133,41 +143,55 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--tensorboard", default=S, metavar="DIR", help="also write TensorBoard events to DIR")
     o.add_argument("--checkpoint-every", type=int, default=S, help="checkpoint every N updates (0 = off)")
     o.add_argument("--keep-checkpoints", type=int, default=S, help="checkpoints kept (default 3)")
-    o.add_argument("--resume", default=S, metavar="DIR", help="continue from the last checkpoint in DIR")
+    o.add_argument("--resume", default=S, metavar="DIR",
+                   help="continue the run in DIR (or DIR/checkpoints) from its newest checkpoint that verifies, "
+                        "writing into DIR (or --out); settings come from the checkpoint except the stop "
+                        "conditions (--stop-after-updates, --max-refused start at 0), and only "
+                        f"{', '.join(sorted(RESUME_MAY_CHANGE - {'resume', 'out'}))} may be changed")
     o.add_argument("--stop-after-updates", type=int, default=S,
-                   help="stop after this many updates with a checkpoint, to --resume later (0 = run to the end)")
+                   help="stop after this many updates with a checkpoint; continue later with --resume DIR "
+                        "(0 = run to the end)")
     o.add_argument("--max-refused", type=int, default=S,
-                   help="stop cleanly (with a checkpoint) when a worker has this many refused pushes (0 = never)")
+                   help="stop (exit status 4, with a checkpoint) when a worker has this many refused pushes "
+                        "(0 = never)")
     o.add_argument("--clip-norm", type=float, default=S, help="server-side gradient-norm clipping (0 = off)")
     r = p.add_argument_group("ray (--backend ray)")
     r.add_argument("--servers", type=int, default=S, help="parameter-server shards S (default 1)")
     r.add_argument("--address", default=S, help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
     r.add_argument("--worker-restarts", type=int, default=S, help="times Ray restarts a dead worker (default 0)")
-    r.add_argument("--device", choices=("cpu", "cuda"), default=S, help="worker compute device (default cpu)")
+    r.add_argument("--device", choices=DEVICES, default=S, help="worker compute device (default cpu)")
 
 
 _RENAMES = {"straggler": "stragglers", "fail": "failures"}
 
 
-def _checkpoint_settings(run_dir: str) -> dict[str, Any]:
-    """The settings of the run a checkpoint came from (``--resume DIR`` starts from them)."""
+def _checkpoint_settings(run_dir: Path) -> dict[str, Any]:
+    """The settings of the run a checkpoint came from, less NOT_RESTORED_ON_RESUME."""
     from .checkpoint import load_latest
-    _, state = load_latest(Path(run_dir) / "checkpoints")
-    saved = dict(state.get("config") or {})
-    saved.pop("resume", None)
+    _, state = load_latest(run_dir / "checkpoints")
+    saved = {k: v for k, v in dict(state.get("config") or {}).items() if k not in NOT_RESTORED_ON_RESUME}
     return settings_from_toml(saved, f"checkpoint in {run_dir}")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < preset < --config file < explicit flags; then validate."""
+    """Defaults < checkpoint (--resume) < preset < --config file < explicit flags; then validate.
+
+    ``--resume DIR`` writes into DIR unless ``--out`` is given; the stop
+    conditions (:data:`dcasgd.config.NOT_RESTORED_ON_RESUME`) start from their
+    defaults, not from the checkpoint, so ``--stop-after-updates`` does not
+    come back with it.
+    """
     values: dict[str, Any] = {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     if "resume" in flags:
-        values.update(_checkpoint_settings(flags["resume"]))
+        run_dir = resume_run_dir(flags["resume"])
+        values.update(_checkpoint_settings(run_dir))
     if "preset" in flags:
         values.update(load_preset(flags.pop("preset")))
     if "config" in flags:
         values.update(load_config_file(flags.pop("config")))
+    if "resume" in flags:
+        values["out"] = str(run_dir)
     for key, value in flags.items():
         key = _RENAMES.get(key, key)
         if key in ("stragglers", "corrupt"):
@@ -190,33 +214,138 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         from .sim import run_sim
         summary = run_sim(cfg).summary
-    out = Path(cfg.out)
-    print(f"final test error {summary['final_test_error']:.2f}% after {summary['updates']} updates "
-          f"(mean staleness {summary['mean_staleness']:.2f}); results in {out}/ "
-          f"(summary.json, metrics.jsonl)")
-    return 0
+    return report_outcome(summary, Path(cfg.out))
+
+
+def report_outcome(summary: dict[str, Any], out: Path) -> int:
+    """Print how the run ended (one line) and return its exit status (:data:`EXIT_STATUS_HELP`)."""
+    split = "validation" if summary.get("eval_split") == "val" else "test"
+    error, updates = summary["final_test_error"], summary["updates"]
+    outcome = summary.get("outcome", "finished")
+    if outcome == "finished":
+        print(f"final {split} error {error:.2f}% after {updates} updates "
+              f"(mean staleness {summary['mean_staleness']:.2f}); results in {out}/ (summary.json, metrics.jsonl)")
+        return EXIT_OK
+    if outcome == "stopped":
+        print(f"stopped after {updates} updates as asked ({split} error {error:.2f}% there); "
+              f"results so far in {out}/; continue with: dcasgd train --resume {out}")
+        return EXIT_OK
+    if outcome == "diverged":
+        print(f"dcasgd: the model diverged after {updates} updates (a non-finite gradient or update); "
+              f"{split} error reported at chance level, {error:.2f}%; results in {out}/", file=sys.stderr)
+        return EXIT_DIVERGED
+    if outcome == "max_refused":
+        refused = summary.get("refused_per_worker") or [0]
+        worst = max(range(len(refused)), key=lambda m: refused[m])
+        print(f"dcasgd: stopped after {updates} updates: worker {worst} had {refused[worst]} refused pushes "
+              f"(--max-refused {summary['config'].get('max_refused')}); checkpoint in {out}/checkpoints, "
+              f"events in {out}/metrics.jsonl", file=sys.stderr)
+        return EXIT_MAX_REFUSED
+    print(f"dcasgd: stopped after {updates} updates: no live workers were left (see worker_events in "
+          f"{out}/summary.json)", file=sys.stderr)
+    return EXIT_NO_LIVE_WORKERS
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .experiment import compare, study_grid
+    grid = study_grid(getattr(args, "preset", None) or getattr(args, "config", None),
+                      {key: getattr(args, f"grid_{key}") for key in _GRID_FLAGS
+                       if getattr(args, f"grid_{key}", None) is not None},
+                      getattr(args, "val_size", None))
+    flags = argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                  if not k.startswith("grid_") and k not in ("jobs", "threads", "run_out")})
+    base = config_from_args(flags)
+    if args.jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {args.jobs}")
+    if args.threads < 0:
+        raise ConfigError(f"threads must be an integer >= 0, got {args.threads}")
+    record = compare(base, grid, Path(args.run_out), args.jobs, args.threads)
+    print(f"compare finished: {Path(args.run_out)}/ (chosen learning rates: {record['chosen_lr']}); "
+          f"next: dcasgd report {args.run_out}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    written = write_report(Path(args.run_dir), Path(args.to) if args.to else None,
+                           Path(args.probe) if args.probe else None)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return EXIT_OK
+
+
+_GRID_FLAGS = ("methods", "workers", "seeds", "lr_grid", "lam0_grid", "ssp_bound")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+COMPARE_HELP = """Run the paper's comparison as a resumable grid of simulated (or Ray) runs under OUT/:
+lr/ (learning rates chosen on a validation split), final/ (every method x workers x seed at
+its chosen lr, test error) and lambda/ (the DC-ASGD-a lam0 sweep).  Finished runs are reused
+when their recorded settings match; stale ones are moved to OUT/stale/ and run again.
+OUT belongs to one study: a compare of other base settings into it is refused (--overwrite
+replaces it)."""
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="run the paper's comparison grid (resumable)", description=COMPARE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_out", metavar="OUT", help="directory for the grid's run directories")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run (default: cores / jobs); results are bit-reproducible "
+                        "for the same value")
+    p.add_argument("--methods", dest="grid_methods", type=_names, default=None,
+                   help="comma-separated methods (default: all, or the preset's)")
+    p.add_argument("--workers-grid", dest="grid_workers", type=_ints, default=None, metavar="M1,M2",
+                   help="worker counts (default 1,4,8,16,32 or the preset's)")
+    p.add_argument("--seeds", dest="grid_seeds", type=_ints, default=None, help="seeds (default 0,1,2)")
+    p.add_argument("--lr-grid", dest="grid_lr_grid", type=_float_list, default=None,
+                   help="learning rates searched on the validation split")
+    p.add_argument("--lam0-grid", dest="grid_lam0_grid", type=_float_list, default=None,
+                   help="lam0 values for the DC-ASGD-a M=8 sweep (lambda.png)")
+    p.add_argument("--ssp-bound", dest="grid_ssp_bound", type=int, default=None, help="S of the ssp method")
+    add_train_flags(p)
+    p.set_defaults(func=cmd_compare)
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("report", help="tables and plots from a compare directory")
+    r.add_argument("run_dir", metavar="DIR", help="a directory written by dcasgd compare")
+    r.add_argument("--to", default=None, help="where to write (default: DIR)")
+    r.add_argument("--probe", default=None, metavar="RUN_DIR",
+                   help="a run made with --probe-every: adds compensation.png and compensation.md")
+    r.set_defaults(func=cmd_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcasgd", description="Delay-compensated asynchronous SGD on a "
-                                     "parameter server: simulated cluster or Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="dcasgd", description="Delay-compensated asynchronous SGD on a parameter server: "
+                    "simulated cluster or Ray.", epilog=EXIT_STATUS_HELP,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = sub.add_parser("train", help="train one model", formatter_class=argparse.RawDescriptionHelpFormatter,
-                           description="Train one model and write DIR/metrics.jsonl and DIR/summary.json.")
+                           description="Train one model and write DIR/metrics.jsonl and DIR/summary.json.",
+                           epilog=EXIT_STATUS_HELP)
     add_train_flags(train)
     train.set_defaults(func=cmd_train)
-    for extra in _extra_commands():
-        extra(sub)
+    add_compare_parser(sub)
+    add_report_parser(sub)
     return parser
-
-
-def _extra_commands():
-    """Subcommands that live in other modules (compare, report)."""
-    try:
-        from .experiment import register_commands
-    except ImportError:
-        return []
-    return [register_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,17 +355,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print("dcasgd: interrupted", file=sys.stderr)
-        return 130
-    except INPUT_ERRORS as exc:
-        print(f"dcasgd: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RuntimeError as exc:
-        from .ray_backend import RayBackendError
-        if not isinstance(exc, RayBackendError):
-            raise
+        return EXIT_INTERRUPTED
+    except RunFailed as exc:
         print(f"dcasgd: run failed: {exc} (see summary.json; --resume DIR continues from the last checkpoint)",
               file=sys.stderr)
-        return 1
+        return EXIT_RUN_FAILED
+    except (InputError, OSError) as exc:
+        print(f"dcasgd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -2,29 +2,53 @@
 
 The CLI, presets and ``--config FILE`` (TOML) all produce a TrainConfig;
 :meth:`TrainConfig.validate` raises :class:`ConfigError` naming the field and
-the allowed values, which the CLI turns into exit status 2.
+the allowed values, which the CLI turns into exit status 2.  This module
+imports no torch, so ``dcasgd --help`` and bad-input errors come back at once.
+
+Settings fall in two kinds for a resumed run (``--resume DIR``):
+
+- :data:`RUN_INVARIANT`: where a run writes, how it reports and where it runs.
+  They never change what it computes, so a resume may change them, and
+  ``dcasgd compare`` ignores them when it decides whether a finished run is
+  current.
+- :data:`STOP_CONDITIONS`: when a run stops early.  A resume may change them
+  too (stop after N updates, then continue to the end).
+
+Every other setting changes the trajectory and must match the checkpoint's.
+``--resume DIR`` takes the settings from the checkpoint, except
+:data:`NOT_RESTORED_ON_RESUME`: it writes into DIR, and the stop conditions
+start at their defaults, so a run stopped with ``--stop-after-updates`` goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .consistency import ConsistencyError, parse_consistency
-from .models import MODELS
-from .rules import RULES, Rule
+from .errors import InputError
+from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, MODELS, RULE_DEFAULTS, RULES, SCHEDULES
 
-# the rule hyperparameters' defaults are Rule's own (one place to change them)
-_RULE_DEFAULT = {f.name: f.default for f in dataclasses.fields(Rule)}
+__all__ = ["BACKENDS", "DATASETS", "SCHEDULES", "ConfigError", "TrainConfig", "RUN_INVARIANT", "STOP_CONDITIONS",
+           "RESUME_MAY_CHANGE", "NOT_RESTORED_ON_RESUME", "MAX_SEED"]
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
-BACKENDS = ("sim", "ray")
-SCHEDULES = ("constant", "step", "cosine")
+RUN_INVARIANT = frozenset({"out", "resume", "overwrite", "progress", "tensorboard", "data_root", "checkpoint_every",
+                           "keep_checkpoints", "address", "worker_restarts", "device"})
+STOP_CONDITIONS = frozenset({"stop_after_updates", "max_refused"})
+RESUME_MAY_CHANGE = RUN_INVARIANT | STOP_CONDITIONS
+# What ``--resume DIR`` does not take from the checkpoint: where to write (DIR), and the stop
+# conditions, which start at their defaults (so a run stopped after N updates goes on to the end).
+NOT_RESTORED_ON_RESUME = frozenset({"out", "resume", "overwrite"}) | STOP_CONDITIONS
+
+MAX_SEED = 2**32 - 1              # numpy's and torch's generators both take any seed in [0, 2**32)
+SPEED_FACTOR_RANGE = (1e-3, 1e3)  # a worker speed or straggler factor outside it is a typo, not a cluster
+MAX_HETERO_SIGMA = 3.0            # exp(3 * z) already spans 1e-4..1e4 over a few thousand workers
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A setting out of range; the message names the field and what is allowed."""
 
 
@@ -41,19 +65,20 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     out: str = "runs/latest"
+    overwrite: bool = False            # a new run may replace the files of another run in ``out``
     data_root: str | None = None
     val_size: int = 0
     eval_split: str = "test"           # "test" or "val": what eval lines and final error measure
     eval_every: float = 1.0            # epochs between evaluations
     # rule hyperparameters (names as in ServerCore)
     lr: float = 0.05
-    momentum: float = _RULE_DEFAULT["momentum"]
-    wd: float = _RULE_DEFAULT["wd"]
-    lam: float = _RULE_DEFAULT["lam"]
-    lam0: float = _RULE_DEFAULT["lam0"]
-    m: float = _RULE_DEFAULT["m"]
-    eps: float = _RULE_DEFAULT["eps"]
-    per_worker_ms: bool = _RULE_DEFAULT["per_worker_ms"]
+    momentum: float = RULE_DEFAULTS["momentum"]
+    wd: float = RULE_DEFAULTS["wd"]
+    lam: float = RULE_DEFAULTS["lam"]
+    lam0: float = RULE_DEFAULTS["lam0"]
+    m: float = RULE_DEFAULTS["m"]
+    eps: float = RULE_DEFAULTS["eps"]
+    per_worker_ms: bool = RULE_DEFAULTS["per_worker_ms"]
     backup_dtype: str = "float32"
     # learning-rate schedule
     lr_schedule: str = "cosine"
@@ -98,14 +123,16 @@ class TrainConfig:
         return d
 
     def validate(self) -> "TrainConfig":
+        """Check every setting; raise ConfigError naming the first bad one.  Returns self."""
+        self._check_types()
         _choice("backend", self.backend, BACKENDS)
         _choice("rule", self.rule, RULES)
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, MODELS)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("eval_split", self.eval_split, ("test", "val"))
-        _choice("backup_dtype", self.backup_dtype, ("float32", "bfloat16"))
-        _choice("device", self.device, ("cpu", "cuda"))
+        _choice("backup_dtype", self.backup_dtype, BACKUP_DTYPES)
+        _choice("device", self.device, DEVICES)
         try:
             parse_consistency(self.consistency)
         except ConsistencyError as exc:
@@ -115,6 +142,11 @@ class TrainConfig:
         for name in ("val_size", "probe_every", "checkpoint_every", "max_refused", "worker_restarts",
                      "stop_after_updates"):
             _nonneg_int(name, getattr(self, name))
+        _nonneg_int("seed", self.seed)
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
+        if not self.out.strip():
+            raise ConfigError("out must name a directory, got an empty string")
         _positive("epochs", self.epochs)
         _positive("lr", self.lr)
         _positive("eval_every", self.eval_every)
@@ -126,27 +158,93 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-        _positive("lr_gamma", self.lr_gamma)
+        self._check_schedule()
         if self.eval_split == "val" and self.val_size == 0:
             raise ConfigError("eval_split 'val' needs val_size > 0")
+        self._check_cluster()
+        if self.address is not None:
+            check_address(self.address)
+        return self
+
+    def _check_types(self) -> None:
+        """Each field has the type its default has (a TOML file can give a number where a path belongs)."""
+        for name in _STR_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in _OPTIONAL_STR_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string (a path or address), got {value!r}")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("speeds", "lr_milestones"):
+            if not isinstance(getattr(self, name), (tuple, list)):
+                raise ConfigError(f"{name} must be a list of numbers, got {getattr(self, name)!r}")
+        for name in ("stragglers", "corrupt"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a table of worker -> number, got {getattr(self, name)!r}")
+        if not isinstance(self.failures, (tuple, list)):
+            raise ConfigError(f"failures must be a list of [worker, fail_at, rejoin_at], got {self.failures!r}")
+
+    def _check_schedule(self) -> None:
+        _positive("lr_gamma", self.lr_gamma)
+        if self.lr_gamma > 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1] (the step schedule multiplies lr by it), "
+                              f"got {self.lr_gamma!r}")
+        for mark in self.lr_milestones:
+            _nonneg("lr_milestones", mark)
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs {self.warmup_epochs:g} is longer than the run "
+                              f"({self.epochs:g} epochs)")
+
+    def _check_cluster(self) -> None:
+        lo, hi = SPEED_FACTOR_RANGE
         if self.speeds:
             if len(self.speeds) != self.workers:
                 raise ConfigError(f"speeds: {len(self.speeds)} values given for {self.workers} workers")
             for s in self.speeds:
-                _positive("speeds", s)
+                _in_range("speeds", s, lo, hi)
+        if self.hetero_sigma > MAX_HETERO_SIGMA:
+            raise ConfigError(f"hetero_sigma must be in [0, {MAX_HETERO_SIGMA:g}], got {self.hetero_sigma!r}")
         for worker, factor in self.stragglers.items():
             _worker_index("straggler", worker, self.workers)
-            _positive("straggler factor", factor)
+            _in_range("straggler factor", factor, lo, hi)
         for worker, rate in self.corrupt.items():
             _worker_index("corrupt", worker, self.workers)
             if not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
                 raise ConfigError(f"corrupt: probability for worker {worker} must be in [0, 1], got {rate!r}")
-        for worker, at, rejoin in self.failures:
+        for failure in self.failures:
+            if not isinstance(failure, (tuple, list)) or len(failure) != 3:
+                raise ConfigError(f"failure {failure!r}: expected (worker, fail_at, rejoin_at or None)")
+            worker, at, rejoin = failure
             _worker_index("failure", worker, self.workers)
             _nonneg("failure time", at)
-            if rejoin is not None and not rejoin > at:
+            if rejoin is not None and not (isinstance(rejoin, (int, float)) and rejoin > at):
                 raise ConfigError(f"failure of worker {worker}: rejoin time {rejoin} must be after failure time {at}")
-        return self
+
+
+_STR_FIELDS = ("backend", "rule", "consistency", "dataset", "model", "out", "eval_split", "backup_dtype",
+               "lr_schedule", "device")
+_OPTIONAL_STR_FIELDS = ("data_root", "replay", "tensorboard", "resume", "address")
+_BOOL_FIELDS = ("per_worker_ms", "progress", "overwrite")
+_ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
+
+
+def check_address(address: str) -> tuple[str, int] | None:
+    """A Ray cluster address: ``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``.
+
+    Returns ``(host, port)``, or None for ``auto`` (Ray finds the cluster
+    started on this machine); raises ConfigError for anything else.
+    """
+    if address == "auto":
+        return None
+    match = _ADDRESS.match(address.strip())
+    port = int(match["port"]) if match else 0
+    if not match or not 1 <= port <= 65535:
+        raise ConfigError(f"address {address!r} is not a Ray cluster address: expected HOST:PORT "
+                          f"(e.g. 10.0.0.1:6379), ray://HOST:PORT or auto")
+    return match["host"].strip("[]"), port
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -172,6 +270,11 @@ def _positive(name: str, value: Any) -> None:
 def _nonneg(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _in_range(name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
 
 
 def _worker_index(what: str, worker: Any, workers: int) -> None:

@@ -19,13 +19,17 @@ clocks of their own, only answer questions about the clocks they are shown.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+from .errors import InputError
 
 MODES = ("sync", "async", "ssp:S")
 
 
-class ConsistencyError(ValueError):
+class ConsistencyError(InputError):
     """A consistency string that is not ``sync``, ``async`` or ``ssp:S`` with S >= 0."""
 
 

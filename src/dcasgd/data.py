@@ -49,12 +49,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from .errors import InputError
+from .names import DATASETS
+
 __all__ = ["DATASETS", "Dataset", "DatasetError", "find_dataset_dir", "load_dataset", "shard_indices"]
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
-
-
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset file is missing, malformed, or failed verification; the message names the file."""
 
 

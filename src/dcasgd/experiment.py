@@ -34,7 +34,6 @@ dc-asgd-a     dc-asgd-a              async
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -45,8 +44,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
-from .run import atomic_write_text
+from .config import RUN_INVARIANT, ConfigError, TrainConfig
+from .rundir import run_files
+from .atomic import atomic_write_text
 
 METHODS = ("sequential", "ssgd", "asgd", "ssp", "staleness", "dc-asgd-c", "dc-asgd-a")
 DEFAULT_GRID = {"methods": list(METHODS), "workers": [1, 4, 8, 16, 32], "seeds": [0, 1, 2],
@@ -88,8 +88,9 @@ class Job:
     extra: tuple[tuple[str, Any], ...] = ()
 
     def config(self, base: TrainConfig, grid: dict[str, Any]) -> TrainConfig:
+        # overwrite: a job's directory belongs to this study; an interrupted run left there is redone
         fields = dict(method_settings(self.method, grid["ssp_bound"]), workers=self.workers, seed=self.seed,
-                      lr=self.lr, out=str(self.out), val_size=grid["val_size"], progress=False,
+                      lr=self.lr, out=str(self.out), overwrite=True, val_size=grid["val_size"], progress=False,
                       eval_split="val" if self.phase == "lr" else "test")
         fields.update(dict(self.extra))
         return replace(base, **fields).validate()
@@ -132,9 +133,6 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-# Settings that say where a run writes and how it reports, not what it computes.
-_PLACE_FIELDS = frozenset({"out", "progress", "tensorboard", "data_root", "address", "resume",
-                           "checkpoint_every", "keep_checkpoints"})
 _DEFAULTS = json.loads(json.dumps(TrainConfig().to_dict()))   # as a summary.json records them
 
 
@@ -146,7 +144,7 @@ def config_differences(recorded: dict[str, Any], wanted: TrainConfig) -> list[st
     """
     wanted_dict = json.loads(json.dumps(wanted.to_dict()))
     return [f"{k}: {recorded.get(k, _DEFAULTS[k])!r} -> {v!r}" for k, v in wanted_dict.items()
-            if k not in _PLACE_FIELDS and recorded.get(k, _DEFAULTS[k]) != v]
+            if k not in RUN_INVARIANT and recorded.get(k, _DEFAULTS[k]) != v]
 
 
 def finished_run(job: Job, config: TrainConfig) -> tuple[dict[str, Any] | None, list[str]]:
@@ -239,8 +237,10 @@ def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, thr
     ``threads`` torch threads per run (0: cores / jobs).  Results are bit-reproducible for
     the same thread count; it is part of the command recorded in compare.json.
     """
+    claim_study_dir(out, base)
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // n_jobs)
+    _write_record(out, grid, {}, base, finished=False)
     chosen = choose_learning_rates(base, grid, out)
     if len(grid["lr_grid"]) == 1:
         chosen = {(m, w): grid["lr_grid"][0] for m in grid["methods"] for w in grid["workers"]
@@ -252,96 +252,58 @@ def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, thr
             chosen = choose_learning_rates(base, grid, out)
             continue
         break
+    return _write_record(out, grid, chosen, base, finished=True)
+
+
+def _write_record(out: Path, grid: dict[str, Any], chosen: dict[tuple[str, int], float], base: TrainConfig,
+                  finished: bool) -> dict[str, Any]:
+    """OUT/compare.json: the grid, chosen learning rates, base settings, command and commit."""
     record = {"grid": grid, "chosen_lr": {f"{m}@M{w}": lr for (m, w), lr in sorted(chosen.items())},
               "command": "dcasgd " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
-              "base_config": base.to_dict()}
+              "base_config": base.to_dict(), "finished": finished}
     atomic_write_text(out / "compare.json", json.dumps(record, indent=2) + "\n")
     return record
 
 
-# ---------------------------------------------------------------- CLI glue
+def claim_study_dir(out: Path, base: TrainConfig) -> None:
+    """OUT belongs to one study: refuse a directory holding a single training run's files (unless overwrite).
+
+    A study directory is continued, whatever changed: runs whose recorded settings
+    differ from their job's are moved to ``OUT/stale/`` (never mixed, never deleted).
+    With ``base.overwrite`` the single run's files are removed first.
+    """
+    present = run_files(out)
+    if present and not base.overwrite:
+        raise ConfigError(f"compare: {out} holds a training run's files ({', '.join(present)}), not a study; "
+                          f"choose another directory, or --overwrite to remove that run's files")
+    if present:
+        from .rundir import clear_run_files
+        clear_run_files(out)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _methods(text: str) -> list[str]:
-    return [m.strip() for m in text.split(",") if m.strip()]
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
+def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | None) -> dict[str, Any]:
+    """The study grid: DEFAULT_GRID < the preset's or TOML file's ``[compare]`` table < ``overrides``; checked."""
     from .presets import load_preset_grid
     grid = dict(DEFAULT_GRID)
-    source = getattr(args, "preset", None) or getattr(args, "config", None)
     if source:
         grid.update(load_preset_grid(source))
-    for key in ("methods", "workers", "seeds", "lr_grid", "lam0_grid", "ssp_bound"):
-        value = getattr(args, f"grid_{key}", None)
-        if value is not None:
-            grid[key] = value
-    if getattr(args, "val_size", None) is not None:
-        grid["val_size"] = args.val_size
+    grid.update(overrides)
+    if val_size is not None:
+        grid["val_size"] = val_size
+    for key in ("methods", "workers", "seeds", "lr_grid"):
+        if not grid[key]:
+            raise ConfigError(f"compare: the {key.replace('_', '-')} list is empty; give at least one value")
     for m in grid["methods"]:
         method_settings(m, grid["ssp_bound"])
+    for w in grid["workers"]:
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ConfigError(f"compare: worker counts must be integers >= 1, got {w!r}")
+    for seed in grid["seeds"]:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"compare: seeds must be integers >= 0, got {seed!r}")
+    for lr in grid["lr_grid"]:
+        if not (isinstance(lr, (int, float)) and lr > 0 and lr < float("inf")):
+            raise ConfigError(f"compare: learning rates must be finite numbers > 0, got {lr!r}")
     if grid["val_size"] < 1:
         raise ConfigError("compare needs val_size >= 1: learning rates are chosen on a validation split")
-    flags = argparse.Namespace(**{k: v for k, v in vars(args).items()
-                                  if not k.startswith("grid_") and k not in ("jobs", "threads", "run_out")})
-    base = config_from_args(flags)
-    if args.jobs < 1:
-        raise ConfigError(f"jobs must be an integer >= 1, got {args.jobs}")
-    if args.threads < 0:
-        raise ConfigError(f"threads must be an integer >= 0, got {args.threads}")
-    record = compare(base, grid, Path(args.run_out), args.jobs, args.threads)
-    print(f"compare finished: {Path(args.run_out)}/ (chosen learning rates: {record['chosen_lr']}); "
-          f"next: dcasgd report {args.run_out}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-    written = write_report(Path(args.run_dir), Path(args.to) if args.to else None,
-                           Path(args.probe) if args.probe else None)
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
-
-
-def register_commands(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_train_flags
-    p = sub.add_parser("compare", help="run the paper's comparison grid (resumable)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_out", metavar="OUT", help="directory for the grid's run directories")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads per run (default: cores / jobs); results are bit-reproducible "
-                        "for the same value")
-    p.add_argument("--methods", dest="grid_methods", type=_methods, default=None,
-                   help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--workers-grid", dest="grid_workers", type=_ints, default=None, metavar="M1,M2",
-                   help="worker counts (default 1,4,8,16,32 or the preset's)")
-    p.add_argument("--seeds", dest="grid_seeds", type=_ints, default=None, help="seeds (default 0,1,2)")
-    p.add_argument("--lr-grid", dest="grid_lr_grid", type=_float_list, default=None,
-                   help="learning rates searched on the validation split")
-    p.add_argument("--lam0-grid", dest="grid_lam0_grid", type=_float_list, default=None,
-                   help="lam0 values for the DC-ASGD-a M=8 sweep (lambda.png)")
-    p.add_argument("--ssp-bound", dest="grid_ssp_bound", type=int, default=None, help="S of the ssp method")
-    add_train_flags(p)
-    p.set_defaults(func=cmd_compare)
-    r = sub.add_parser("report", help="tables and plots from a compare directory")
-    r.add_argument("run_dir", metavar="DIR", help="a directory written by dcasgd compare")
-    r.add_argument("--to", default=None, help="where to write (default: DIR)")
-    r.add_argument("--probe", default=None, metavar="RUN_DIR",
-                   help="a run made with --probe-every: adds compensation.png and compensation.md")
-    r.set_defaults(func=cmd_report)
+    return grid

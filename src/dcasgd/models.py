@@ -14,10 +14,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-MODELS = ("mlp", "cnn", "resnet20")
+from .errors import InputError
+from .names import MODELS
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """Unknown model name or an input shape the model cannot take."""
 
 

@@ -58,6 +58,8 @@ import asyncio
 import json
 import math
 import os
+import shutil
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -69,17 +71,19 @@ import ray
 import ray.exceptions
 import torch
 
-from .checkpoint import CheckpointError, load_latest, save_checkpoint
-from .config import ConfigError, TrainConfig
+from .checkpoint import CheckpointError, save_checkpoint
+from .config import ConfigError, TrainConfig, check_address
+from .errors import RunFailed
 from .consistency import SyncBarrier, parse_consistency
 from .flat import FlatModel, _views
 from .kernels import all_finite
 from .models import build_model
 from .probe import CompensationProbe, compensation_metrics, effective_lam
 from .rules import make_rule
-from .run import RunContext, prepare_run, write_summary
-from .server import PushRejected, ServerCore, shard_ranges
-from .sim import OPERATIONAL, worker_speeds
+from .run import (RunContext, advance_eval_mark, check_resumable, load_resume_checkpoint, open_run_dir, prepare_run,
+                  write_summary)
+from .server import NonFiniteUpdate, PushRejected, ServerCore, shard_ranges
+from .sim import worker_speeds
 from .telemetry import Progress, StalenessStats
 from .tensorboard import open_metrics
 from .worker import BatchStream, compute_gradient, evaluate
@@ -96,7 +100,7 @@ __all__ = ["run_ray", "RayRun", "ServerShard", "Coordinator", "RayWorker", "RayB
            "init_local_ray", "local_ray_options", "loopback_only", "pull_all", "push_all"]
 
 
-class RayBackendError(RuntimeError):
+class RayBackendError(RunFailed):
     """The Ray run could not go on (a worker raised, the cluster lacks a resource)."""
 
 
@@ -456,6 +460,7 @@ class Coordinator:
         self.last_round = [0] * num_workers
         self._cond: asyncio.Condition | None = None
         self._attention: asyncio.Event | None = None
+        self.timer: Callable[[], float] = time.perf_counter    # seconds, for wait_s (tests set a fake one)
 
     @property
     def cond(self) -> asyncio.Condition:
@@ -483,7 +488,7 @@ class Coordinator:
     async def next(self, worker: int, generation: int, report: dict[str, Any] | None,
                    num_samples: int) -> dict[str, Any]:
         """Report the last gradient; wait until the next one may start (or the run stops)."""
-        entered = time.perf_counter()
+        entered = self.timer()
         async with self.cond:
             if generation != self.generation[worker]:
                 return vars(_Grant(False, "superseded"))
@@ -499,7 +504,7 @@ class Coordinator:
                     return vars(_Grant(False, "dead"))
                 grant = self._decide_sync(worker) if self.sync else self._decide_async(worker)
                 if grant is not None:
-                    self.wait_s[worker] += time.perf_counter() - entered
+                    self.wait_s[worker] += self.timer() - entered
                     if not grant.go:
                         self.live.discard(worker)
                         self.finished.add(worker)
@@ -867,6 +872,12 @@ def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
     return flat
 
 
+def emulated_pause(slowdown: float, busy_s: float) -> float:
+    """Seconds a worker ``slowdown`` times slower than the fastest sleeps after a round trip that kept it
+    busy ``busy_s`` seconds: ``(slowdown - 1) * busy_s``, so the round trip takes ``slowdown * busy_s``."""
+    return max(0.0, (slowdown - 1.0) * busy_s)
+
+
 def emulated_slowdowns(cfg: TrainConfig) -> list[float]:
     """Each worker's emulated slow-down k_m = speed[m] / min(speed) (>= 1; the fastest is 1)."""
     speeds = worker_speeds(cfg)
@@ -950,7 +961,7 @@ class RayWorker:
             if now is not None and report["applied"]:
                 report["probe"] = self._probe(now, base, grad, x, y, key, report["version"])
             if self.slowdown > 1:                                     # an emulated slow worker
-                time.sleep((self.slowdown - 1) * (time.perf_counter() - granted))
+                time.sleep(emulated_pause(self.slowdown, time.perf_counter() - granted))
 
     def _push(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, loss: float,
               n: int, meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
@@ -971,6 +982,8 @@ class RayWorker:
             versions = push_all(self.shards, self.ranges, self.index, seq, base, g, n, meta,
                                 buffers.numpy() if buffers.numel() else None, members,
                                 after_send=self._push_pause(seq) if self.hooks.get("push_pause_s") else None)
+        except NonFiniteUpdate as exc:       # the update would overflow: the model diverged
+            return {"applied": False, "nonfinite": True, "error": str(exc), "loss": loss}
         except PushRejected as exc:
             return {"applied": False, "error": str(exc), "loss": loss}
         return {"applied": True, "loss": loss, "version": versions[0]}
@@ -1070,23 +1083,15 @@ class RayRun:
                               "(CPU-only torch build or no GPU); use --device cpu")
 
     def _load_resume(self) -> dict[str, Any] | None:
-        cfg = self.cfg
-        if not cfg.resume:
+        run_dir = self.ctx.resume_dir
+        if run_dir is None:
             return None
-        where = Path(cfg.resume)
-        directory = where / "checkpoints" if (where / "checkpoints").is_dir() else where
-        path, state = load_latest(directory)
+        path, state = load_resume_checkpoint(run_dir)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"checkpoint {path}: not a Ray-backend checkpoint (format "
                                   f"{state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-        saved, current = state["config"], cfg.to_dict()
-        operational = OPERATIONAL | {"address", "worker_restarts", "device"}    # where it runs, not what
-        differ = sorted(k for k in current if k not in operational and _norm(saved.get(k)) != _norm(current[k]))
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
-            raise CheckpointError(f"checkpoint {path} is from a different run ({detail})")
+        check_resumable(state["config"], self.cfg, path)
         state["path"] = str(path)
-        run_dir = where.parent if directory == where and where.name == "checkpoints" else where
         state["lost_updates"] = max(0, _last_version_seen(run_dir) - int(state["version"]))
         return state
 
@@ -1095,6 +1100,7 @@ class RayRun:
         if ray.is_initialized():
             return False
         if self.cfg.address:
+            check_reachable(self.cfg.address)
             ray.init(address=self.cfg.address, log_to_driver=True)
             return True
         loopback_only()
@@ -1179,7 +1185,7 @@ class RayRun:
         ctx = self.ctx = prepare_run(cfg)
         resume = self._load_resume()
         data = ctx.data
-        self.flat = FlatModel(build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed))
+        self.flat = FlatModel(ctx.model)
         self.target_samples = math.ceil(cfg.epochs * len(data.train_y))
         try:                                               # bad input fails here, before Ray starts
             self.ranges = shard_ranges(self.flat.tensor_sizes, cfg.servers)
@@ -1243,6 +1249,12 @@ class RayRun:
 
     def _open_outputs(self, resume: dict[str, Any] | None) -> None:
         out = self.ctx.out
+        open_run_dir(self.ctx)
+        if resume is not None and self.ctx.resume_dir.resolve() != out.resolve():
+            for name in ("metrics.jsonl", "trace.jsonl"):              # a resumed copy continues its history
+                source = self.ctx.resume_dir / name
+                if source.is_file():
+                    shutil.copyfile(source, out / name)
         append = resume is not None and (out / "metrics.jsonl").exists()
         self.metrics = open_metrics(out / "metrics.jsonl", self.cfg.tensorboard, lr=lambda: self.lr, append=append)
         self.trace = open(out / "trace.jsonl", "a" if append else "w", encoding="utf-8")
@@ -1443,8 +1455,7 @@ class RayRun:
         self.eval_wall_s += time.perf_counter() - started
         self.last_error = error
         self.loss_sum, self.loss_count = 0.0, 0
-        while self.next_eval_epoch <= self.epoch + 1e-12:
-            self.next_eval_epoch += self.cfg.eval_every
+        self.next_eval_epoch = advance_eval_mark(self.next_eval_epoch, self.epoch, self.cfg.eval_every)
 
     def _staleness(self) -> dict[str, Any]:
         self.stats.wait_s = [float(w) for w in self.status["wait_s"]]
@@ -1521,6 +1532,16 @@ class RayRun:
         write_summary(self.ctx.out, summary)
         return summary
 
+    def _outcome(self) -> str:
+        """How the run ended (:data:`dcasgd.run.OUTCOMES`)."""
+        if self.diverged:
+            return "diverged"
+        if self.stop_reason == "max_refused":
+            return "max_refused"
+        if self.stop_reason in ("stop_after_updates", "time_limit"):
+            return "stopped"
+        return "finished" if self.stop_reason == "target" else "no_live_workers"
+
     def _summary_fields(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.wall_start
         staleness = self._staleness()
@@ -1561,28 +1582,10 @@ class RayRun:
             "resumed_from": self.resumed_from,
             "checkpoints": self.checkpoints,
             "worker_restarts_used": self.restarts,
-            "ignored_settings": _ignored_settings(self.cfg),
+            "ignored_settings": self.ctx.ignored_settings,
+            "outcome": self._outcome(),
             **({"probe": self.probe.summary()} if self.probe is not None else {}),
         }
-
-
-def _ignored_settings(cfg: TrainConfig) -> list[str]:
-    """Settings of the simulator (or not yet implemented here) that this run did not use.
-
-    (``speeds``, ``hetero_sigma`` and ``stragglers`` are used: workers are slowed down to match.)
-    """
-    default = TrainConfig()
-    names = ("base_time", "jitter", "comm_time", "failures", "replay")
-    return [name for name in names if getattr(cfg, name) != getattr(default, name)]
-
-
-def _norm(value: Any) -> Any:
-    """Tuples and lists compare equal (a checkpoint's config went through torch.save / JSON)."""
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _norm(v) for k, v in value.items()}
-    return value
 
 
 def _last_version_seen(run_dir: Path) -> int:
@@ -1607,6 +1610,21 @@ def _last_version_seen(run_dir: Path) -> int:
         except (ValueError, TypeError):
             pass
     return best
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, with one line, when nothing listens at a Ray cluster address (``auto`` is Ray's to find)."""
+    host_port = check_address(address)
+    if host_port is None:
+        return
+    host, port = host_port
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"address: cannot reach a Ray cluster at {address} ({reason}); start one with "
+                              f"'ray start --head' there, or leave out --address for a local Ray") from None
 
 
 def run_ray(cfg: TrainConfig, *, actor_options: dict[str, dict] | None = None,

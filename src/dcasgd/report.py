@@ -26,7 +26,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .errors import InputError  # noqa: E402
 from .experiment import METHODS, method_of  # noqa: E402
+
+
+class ReportError(InputError):
+    """A directory that holds no study, or a run file that cannot be read."""
 
 LABELS = {"sequential": "Sequential SGD", "ssgd": "SSGD (sync)", "asgd": "ASGD", "ssp": "SSP",
           "staleness": "Staleness-scaled lr", "dc-asgd-c": "DC-ASGD-c", "dc-asgd-a": "DC-ASGD-a"}
@@ -38,7 +43,10 @@ def load_runs(directory: Path) -> list[dict[str, Any]]:
     """Every summary.json directly under ``directory`` (one per run directory)."""
     runs = []
     for path in sorted(Path(directory).glob("*/summary.json")):
-        summary = json.loads(path.read_text())
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ReportError(f"report: cannot read {path} ({exc})") from None
         summary["_dir"] = str(path.parent)
         summary["_method"] = method_of(summary["config"])
         runs.append(summary)
@@ -272,13 +280,19 @@ def plot_stability(lr_runs, path: Path) -> Path:
 
 def write_report(run_dir: Path, to: Path | None = None, probe_run: Path | None = None) -> list[Path]:
     out = to or run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = run_dir / "compare.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta["run_dir"] = str(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"report: {run_dir} is not a directory")
     final = load_runs(run_dir / "final")
     if not final:
-        raise ValueError(f"report: no finished runs under {run_dir / 'final'} (run dcasgd compare first)")
+        raise ReportError(f"report: {run_dir} holds no study (no finished runs under {run_dir / 'final'}); "
+                          f"run 'dcasgd compare {run_dir}' first")
+    meta_path = run_dir / "compare.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    except ValueError:
+        raise ReportError(f"report: {meta_path} is not valid JSON") from None
+    meta["run_dir"] = str(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
     groups = group(final)
     written = write_tables(groups, meta, out)
     written.append(write_findings(groups, out))

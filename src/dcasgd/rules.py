@@ -49,14 +49,14 @@ from typing import Callable
 import torch
 
 from . import kernels
-
-RULES = ("sgd", "staleness", "dc-asgd-c", "dc-asgd-a")
+from .errors import InputError
+from .names import DEFAULT_LR, RULE_DEFAULTS, RULES
 
 # Paper defaults (Zheng et al. 2017, Section 6).
-DEFAULT_HYPER = {"lr": 0.1, "momentum": 0.0, "wd": 0.0, "lam": 0.04, "lam0": 2.0, "m": 0.95, "eps": 1e-7}
+DEFAULT_HYPER = {"lr": DEFAULT_LR, **{k: v for k, v in RULE_DEFAULTS.items() if k != "per_worker_ms"}}
 
 
-class RuleError(ValueError):
+class RuleError(InputError):
     """An unknown rule name or an out-of-range hyperparameter."""
 
 
@@ -68,13 +68,13 @@ class Rule:
     """One update rule with its hyperparameters fixed at construction."""
 
     name: str
-    momentum: float = 0.0
-    wd: float = 0.0
-    lam: float = 0.04
-    lam0: float = 2.0
-    m: float = 0.95
-    eps: float = 1e-7
-    per_worker_ms: bool = False
+    momentum: float = RULE_DEFAULTS["momentum"]
+    wd: float = RULE_DEFAULTS["wd"]
+    lam: float = RULE_DEFAULTS["lam"]
+    lam0: float = RULE_DEFAULTS["lam0"]
+    m: float = RULE_DEFAULTS["m"]
+    eps: float = RULE_DEFAULTS["eps"]
+    per_worker_ms: bool = RULE_DEFAULTS["per_worker_ms"]
 
     def __post_init__(self) -> None:
         if self.name not in RULES:
@@ -111,7 +111,7 @@ class Rule:
         Large vectors go through one fused kernel (:mod:`dcasgd.kernels`);
         the eager in-place chain below is the same maths op by op.
         """
-        step_lr = lr / max(1, staleness) if self.name == "staleness" else lr
+        step_lr = self.step_lr(lr, staleness)
         if self.needs_backup and backup is None:
             raise RuleError(f"rule {self.name} needs the pushing worker's backup weights")
         if self._apply_fused(w, g, backup, step_lr, state, worker):
@@ -133,6 +133,39 @@ class Rule:
             direction = buf
         w.add_(direction, alpha=-step_lr)
         state["step"] += 1
+
+    def step_lr(self, lr: float, staleness: int) -> float:
+        """The learning rate this push is applied with (``staleness`` divides it for that rule)."""
+        return lr / max(1, staleness) if self.name == "staleness" else lr
+
+    def bounds(self, g_norm: float, w_norm: float, backup_norm: float, buf_norm: float) -> tuple[float, float, float]:
+        """Upper bounds for one update, from L2 norms (each also bounds every element's magnitude).
+
+        Given ``||g|| <= g_norm``, ``||w|| <= w_norm``, ``||backup|| <= backup_norm`` and
+        ``||buf|| <= buf_norm`` (momentum buffer), returns ``(peak, direction, buffer)``:
+
+        - ``peak``: every intermediate of the update, elementwise, is at most this
+          (for the DC rules ``g*g*(w - backup)`` before its factor: ``g_norm**2 * (w_norm + backup_norm)``);
+        - ``direction``: ``||d||`` for ``d = g + correction + wd*w``.  The dc-asgd-a
+          factor obeys ``lam0 / sqrt(ms + eps) * g*g <= lam0 * |g| / sqrt(1 - m)``,
+          since the updated ``ms >= (1 - m) * g*g``;
+        - ``buffer``: ``||momentum*buf + d||`` (``direction`` without momentum).
+
+        The server uses them to prove that an update leaves finite weights before
+        applying it (:meth:`dcasgd.server.ServerCore.push`).
+        """
+        gap = w_norm + backup_norm
+        peak = max(g_norm, w_norm, g_norm * g_norm * gap * max(1.0, self.lam, self.lam0)) if self.needs_backup \
+            else max(g_norm, w_norm)
+        if self.name == "dc-asgd-c":
+            correction = self.lam * g_norm * g_norm * gap
+        elif self.name == "dc-asgd-a":
+            correction = self.lam0 * g_norm / math.sqrt(1.0 - self.m) * gap
+        else:
+            correction = 0.0
+        direction = g_norm + correction + self.wd * w_norm
+        buffer = self.momentum * buf_norm + direction if self.momentum > 0 else direction
+        return max(peak, direction, buffer), direction, buffer
 
     def warm_up(self, num_params: int, backup_dtype: torch.dtype | None = torch.float32) -> bool:
         """Compile now the fused kernel :meth:`apply_` will use for ``num_params`` parameters.

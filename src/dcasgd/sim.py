@@ -37,42 +37,23 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
+from .errors import InputError
 from .consistency import SyncBarrier, parse_consistency
 from .flat import FlatModel
 from .kernels import all_finite
-from .models import build_model
-from .run import RunContext, prepare_run, write_summary
-from .checkpoint import CheckpointError, load_latest, save_checkpoint
+from .run import RunContext, advance_eval_mark, check_resumable, load_resume_checkpoint, open_run_dir, prepare_run, write_summary
+from .checkpoint import CheckpointError, save_checkpoint
 from .probe import CompensationProbe
-from .server import PushRejected, ServerCore
+from .server import NonFiniteUpdate, PushRejected, ServerCore
 from .telemetry import Progress, StalenessStats
 from .tensorboard import open_metrics
 from .worker import BatchStream, compute_gradient, evaluate
 
 FINISH, FAIL, REJOIN = "finish", "fail", "rejoin"
 SIM_STATE_FORMAT = "dcasgd.sim/1"
-# settings that may differ between a run and its resumption: they do not change the trajectory
-OPERATIONAL = {"out", "resume", "progress", "stop_after_updates", "checkpoint_every", "keep_checkpoints",
-               "tensorboard", "max_refused", "data_root"}
 
 
-def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    """A checkpoint resumes only the run it came from: every setting but OPERATIONAL must match."""
-    current = cfg.to_dict()
-    differ = sorted(k for k in current if k not in OPERATIONAL and _norm(saved.get(k)) != _norm(current[k]))
-    if differ:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
-        raise CheckpointError(f"checkpoint {path} is from a different run ({detail})")
-
-
-def _norm(value: Any) -> Any:
-    """Tuples and lists compare equal (JSON and TOML give lists)."""
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    return value
-
-
-class TraceError(ValueError):
+class TraceError(InputError):
     """A replay trace that is missing, malformed or lacks a worker."""
 
 
@@ -91,6 +72,8 @@ def load_trace(path: str | Path, num_workers: int) -> list[list[float]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise TraceError(f"replay trace {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise TraceError(f"replay trace {path}: not a text file of JSON lines") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -188,7 +171,7 @@ class Simulator:
         self.ctx = ctx
         self.consistency = parse_consistency(cfg.consistency)
         data = ctx.data
-        self.flat = FlatModel(build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed))
+        self.flat = FlatModel(ctx.model)
         self.server = ServerCore(self.flat.params, cfg.rule, cfg.workers, cfg.lr,
                                  backup_dtype=getattr(torch, cfg.backup_dtype), clip_norm=cfg.clip_norm,
                                  **cfg.rule_params())
@@ -308,6 +291,10 @@ class Simulator:
         """Run ``push``; on PushRejected the worker is told (an event) and pulls again."""
         try:
             push()
+        except NonFiniteUpdate as exc:                     # finite gradient, overflowing update: diverged
+            self.diverged = True
+            self._log_event("diverged", w.index, reason=str(exc))
+            return False
         except PushRejected as exc:
             self._log_event("push_refused", w.index, reason=str(exc))
             self._start(w)
@@ -317,7 +304,12 @@ class Simulator:
     def _finish_sync_round(self) -> None:
         first = min(self.barrier.received)
         self.server.lr = self.ctx.schedule(self.epoch)
-        self.server.push(first, self.barrier.average(), self.workers[first].base_version)
+        try:
+            self.server.push(first, self.barrier.average(), self.workers[first].base_version)
+        except NonFiniteUpdate as exc:
+            self.diverged = True
+            self._log_event("diverged", first, reason=str(exc))
+            return
         for m in self.barrier.received:
             self.stats.add_wait(m, self.now - self.workers[m].waiting_since)
             self.workers[m].waiting_since = None
@@ -410,8 +402,7 @@ class Simulator:
         self.evals.append(record)
         self.last_error = error
         self.loss_sum, self.loss_count = 0.0, 0
-        while self.next_eval_epoch <= self.epoch + 1e-12:
-            self.next_eval_epoch += self.cfg.eval_every
+        self.next_eval_epoch = advance_eval_mark(self.next_eval_epoch, self.epoch, self.cfg.eval_every)
 
     # ------------------------------------------------------------ main loop
 
@@ -419,8 +410,9 @@ class Simulator:
         cfg = self.cfg
         self.wall_start = time.perf_counter()
         self.progress = Progress(cfg.epochs, enabled=cfg.progress)
-        if cfg.resume:
-            self._resume(Path(cfg.resume))
+        open_run_dir(self.ctx)
+        if self.ctx.resume_dir is not None:
+            self._resume(self.ctx.resume_dir)
         else:
             self.metrics = open_metrics(self.ctx.out / "metrics.jsonl", cfg.tensorboard, lr=lambda: self.server.lr)
             self._evaluate()                               # error at epoch 0
@@ -444,12 +436,19 @@ class Simulator:
             self.now = event.time
             handlers[event.kind](w)
         stopped_early = not self.finished and self.stop_requested
-        if stopped_early:
+        if self.diverged:
+            outcome = "diverged"
+        elif stopped_early:
+            outcome = "max_refused" if cfg.max_refused and int(self.server.refused.max()) >= cfg.max_refused \
+                else "stopped"
             self._save_checkpoint()
-            self._log_event("stopped_early", -1, reason="max_refused" if cfg.max_refused and
-                            int(self.server.refused.max()) >= cfg.max_refused else "stop_after_updates")
+            self._log_event("stopped_early", -1, reason="max_refused" if outcome == "max_refused"
+                            else "stop_after_updates")
         elif not self.finished:
+            outcome = "no_live_workers"
             self._log_event("stopped_no_live_workers", -1)
+        else:
+            outcome = "finished"
         if self.diverged:
             self.last_error = 100.0 * (1 - 1 / self.ctx.data.num_classes)  # chance level
             self.evals.append({**self.evals[-1], "version": self.server.version, "test_error": self.last_error})
@@ -461,6 +460,7 @@ class Simulator:
         self.metrics.close()
         summary = self._summary()
         summary["stopped_early"] = stopped_early
+        summary["outcome"] = outcome
         write_summary(self.ctx.out, summary)
         return SimResult(summary, self.server.weights.clone(), self.server_buffers.clone())
 
@@ -524,7 +524,7 @@ class Simulator:
 
     def _resume(self, directory: Path) -> None:
         """Load the newest good checkpoint of ``directory`` and cut metrics.jsonl back to its length."""
-        path, sd = load_latest(directory / "checkpoints")
+        path, sd = load_resume_checkpoint(directory)
         check_resumable(sd.get("config", {}), self.cfg, path)
         self.load_state_dict(sd)
         metrics_path = self.ctx.out / "metrics.jsonl"
@@ -559,6 +559,7 @@ class Simulator:
             "speeds": self.timing.speed,
             "curve": [{k: r[k] for k in ("epoch", "time_s", "test_error")} for r in self.evals],
             "backend": "sim",
+            "ignored_settings": self.ctx.ignored_settings,
             "config": self.cfg.to_dict(),
             "server_bytes_per_param": self.server.bytes_per_param(),
             **({"probe": self.probe.summary()} if hasattr(self.probe, "summary") else {}),

@@ -120,9 +120,10 @@ class Progress:
     """One live status line on stderr (rewritten in place on a terminal, else every ``every_s``)."""
 
     def __init__(self, total_epochs: float, enabled: bool = True, every_s: float = 5.0,
-                 stream: IO[str] = sys.stderr) -> None:
+                 stream: IO[str] | None = None) -> None:
+        stream = sys.stderr if stream is None else stream     # (looked up now: sys.stderr may be replaced)
         self.total_epochs, self.enabled, self.every_s, self.stream = total_epochs, enabled, every_s, stream
-        self.tty = stream.isatty()
+        self.tty = enabled and stream.isatty()
         self.start = time.perf_counter()
         self._last = -math.inf
 
