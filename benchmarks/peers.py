@@ -446,7 +446,7 @@ class DataWorker:
 
 
 def start_private_ray(object_store_bytes: int) -> None:
-    """A local Ray bound to 127.0.0.1 with no dashboard, as dcasgd starts one (ray_backend.loopback_only)."""
+    """A local Ray bound to 127.0.0.1 with no dashboard, as dcasgd starts one (dcasgd.backends.ray.loopback_only)."""
     import ray
     from ray._private import ray_constants
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -4,7 +4,7 @@
 
 For P in 0.27M, 2.7M and 11M float32 parameters, on a private loopback Ray:
 
-- **ours**: one worker's round trip through a :class:`dcasgd.ray_backend.ServerShard`
+- **ours**: one worker's round trip through a :class:`dcasgd.backends.ray.ServerShard`
   actor, exactly as a worker does it: ``pull_all`` (the shard's ServerCore.pull,
   the weights through the object store, copied into the worker's flat buffer)
   then ``push_all`` (the gradient ``ray.put`` once, the shard checks it and
@@ -44,7 +44,7 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-from dcasgd import ray_backend as rb  # noqa: E402
+from dcasgd.backends import ray as rb  # noqa: E402
 
 SIZES = (270_000, 2_700_000, 11_000_000)
 TARGET_RATIO = 1.5              # ours / bare at the largest size, rule sgd

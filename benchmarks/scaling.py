@@ -44,9 +44,9 @@ from _report import write_section  # noqa: E402
 
 from dcasgd import kernels  # noqa: E402
 from dcasgd.config import TrainConfig  # noqa: E402
-from dcasgd.rules import make_rule  # noqa: E402
-from dcasgd.server import ServerCore  # noqa: E402
-from dcasgd.sim import run_sim  # noqa: E402
+from dcasgd.core.rules import make_rule  # noqa: E402
+from dcasgd.core.server import ServerCore  # noqa: E402
+from dcasgd.backends.sim import run_sim  # noqa: E402
 
 WORKERS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

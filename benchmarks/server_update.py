@@ -50,8 +50,8 @@ from _readme import assemble  # noqa: E402
 from _report import write_section  # noqa: E402
 
 from dcasgd import kernels  # noqa: E402
-from dcasgd.rules import RULES, make_rule  # noqa: E402
-from dcasgd.server import ServerCore  # noqa: E402
+from dcasgd.core.rules import RULES, make_rule  # noqa: E402
+from dcasgd.core.server import ServerCore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO, TARGET_COPY_SHARE = 3.0, 0.50
@@ -204,8 +204,8 @@ import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[2]))
 t0 = time.perf_counter()
-from dcasgd import kernels
-from dcasgd.server import ServerCore
+from dcasgd.core import kernels
+from dcasgd.core.server import ServerCore
 p = int(sys.argv[1])
 server = ServerCore(torch.zeros(p), "dc-asgd-a", num_workers=1, lr=0.1)
 server.pull(0)
@@ -267,7 +267,7 @@ def memory_section() -> str:
 def accuracy_section(epochs: float, seeds: list[int]) -> tuple[str, dict]:
     from dcasgd.config import TrainConfig
     from dcasgd.presets import load_preset
-    from dcasgd.sim import run_sim
+    from dcasgd.backends.sim import run_sim
 
     preset = load_preset("fmnist-mlp")
     errors: dict[str, list[float]] = {"float32": [], "bfloat16": []}

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import write_section  # noqa: E402
 
 from dcasgd.config import TrainConfig  # noqa: E402
-from dcasgd.data import find_dataset_dir, load_dataset  # noqa: E402
-from dcasgd.flat import FlatModel  # noqa: E402
-from dcasgd.models import build_model  # noqa: E402
-from dcasgd.server import ServerCore  # noqa: E402
-from dcasgd.sim import run_sim  # noqa: E402
+from dcasgd.compute.data import find_dataset_dir, load_dataset  # noqa: E402
+from dcasgd.compute.flat import FlatModel  # noqa: E402
+from dcasgd.compute.models import build_model  # noqa: E402
+from dcasgd.core.server import ServerCore  # noqa: E402
+from dcasgd.backends.sim import run_sim  # noqa: E402
 
 WORKERS, BATCH = 16, 128
 

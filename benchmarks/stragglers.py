@@ -16,7 +16,7 @@ metrics.jsonl), with the async/sync ratios per case.  With one worker 4x
 slower of 4, a sync round waits 4 time units for 4 gradients while async
 consumes 3 + 1/4 gradients per unit: 3.25x the gradients (13x the updates).
 
-With Ray present (``dcasgd.ray_backend.run_ray``; skip with ``--no-ray``) it
+With Ray present (``dcasgd.backends.ray.run_ray``; skip with ``--no-ray``) it
 runs the same three cases on a local Ray with 2 workers, in wall-clock
 seconds, the slow workers emulated by the Ray backend (a worker k times
 slower sleeps k - 1 times each busy round trip; see docs/ray.md).
@@ -42,9 +42,9 @@ from _readme import assemble  # noqa: E402
 from _report import write_section  # noqa: E402
 
 from dcasgd.config import TrainConfig  # noqa: E402
-from dcasgd.data import find_dataset_dir  # noqa: E402
+from dcasgd.compute.data import find_dataset_dir  # noqa: E402
 from dcasgd.presets import load_preset  # noqa: E402
-from dcasgd.sim import run_sim  # noqa: E402
+from dcasgd.backends.sim import run_sim  # noqa: E402
 
 WORKERS = 4
 METHODS = {"SSGD": ("sgd", "sync"), "ASGD": ("sgd", "async"), "DC-ASGD-a": ("dc-asgd-a", "async")}
@@ -129,10 +129,10 @@ RAY_CASES = {"(a) equal": {}, "(b) one 4x slower": {"stragglers": {1: 4.0}},
 def ray_part(epochs: float, target: float, seed: int) -> str:
     """The three cases on a local Ray, slow workers emulated (``summary["emulated_slowdown"]``), wall clock."""
     try:
-        from dcasgd import ray_backend as rb
+        from dcasgd.backends import ray as rb
         run_ray = rb.run_ray
     except (ImportError, AttributeError) as exc:
-        return f"Ray part skipped: `dcasgd.ray_backend.run_ray` unavailable ({exc})."
+        return f"Ray part skipped: `dcasgd.backends.ray.run_ray` unavailable ({exc})."
     import ray
     rows, results, slowdowns = [], {}, {}
     try:

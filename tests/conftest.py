@@ -20,7 +20,7 @@ def local_ray():
     """A real local Ray (loopback only, no dashboard), started once per test module."""
     import ray
 
-    from dcasgd import ray_backend as rb
+    from dcasgd.backends import ray as rb
     if ray.is_initialized():
         ray.shutdown()
     rb.init_local_ray(num_cpus=2, object_store_memory=300 * 1024**2)
@@ -40,7 +40,7 @@ def ray_cluster(store_bytes: int, worker_nodes: list[dict]):
     import ray
     from ray.cluster_utils import Cluster
 
-    from dcasgd import ray_backend as rb
+    from dcasgd.backends import ray as rb
     if ray.is_initialized():
         ray.shutdown()
     rb.loopback_only()

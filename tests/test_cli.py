@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from dcasgd.cli import main
-from dcasgd.data import find_dataset_dir
+from dcasgd.compute.data import find_dataset_dir
 
 
 def run_cli(*args):

@@ -16,8 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcasgd import data
-from dcasgd.data import DATASETS, Dataset, DatasetError, find_dataset_dir, load_dataset, shard_indices
+from dcasgd.compute import data
+from dcasgd.compute.data import DATASETS, Dataset, DatasetError, find_dataset_dir, load_dataset, shard_indices
 
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")

@@ -8,8 +8,8 @@ import pytest
 
 from dcasgd.cli import main
 from dcasgd.config import TrainConfig
-from dcasgd.experiment import config_differences, method_of, method_settings
-from dcasgd.report import write_tables
+from dcasgd.study.compare import config_differences, method_of, method_settings
+from dcasgd.study.report import write_tables
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcasgd.flat import FlatModel
-from dcasgd.models import ModelError, build_model
+from dcasgd.compute.flat import FlatModel
+from dcasgd.compute.models import ModelError, build_model
 
 
 def test_parameters_and_gradients_are_views_of_flat_buffers():

@@ -14,9 +14,9 @@ import warnings
 import pytest
 import torch
 
-from dcasgd import kernels
-from dcasgd.rules import make_rule
-from dcasgd.server import PushRejected, ServerCore
+from dcasgd.core import kernels
+from dcasgd.core.rules import make_rule
+from dcasgd.core.server import PushRejected, ServerCore
 
 P = 4099            # odd: the vector loop's tail is exercised
 WORKERS = 3

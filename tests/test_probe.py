@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from dcasgd.config import ConfigError, TrainConfig
-from dcasgd.flat import FlatModel
-from dcasgd.plots_compensation import load_probe_records, plot_compensation, plot_run_compensation
-from dcasgd.probe import (RECORD_FIELDS, CompensationProbe, compensation_metrics, effective_lam,
+from dcasgd.compute.flat import FlatModel
+from dcasgd.study.compensation import load_probe_records, plot_compensation, plot_run_compensation
+from dcasgd.engine.probe import (RECORD_FIELDS, CompensationProbe, compensation_metrics, effective_lam,
                           estimate_metrics, taylor_terms)
-from dcasgd.rules import make_rule
-from dcasgd.run import prepare_run
-from dcasgd.sim import Simulator
-from dcasgd.tensorboard import TensorBoardLogger, TensorBoardMissing, open_metrics
-from dcasgd.worker import compute_gradient
+from dcasgd.core.rules import make_rule
+from dcasgd.engine.context import prepare_run
+from dcasgd.backends.sim import Simulator
+from dcasgd.io.tensorboard import TensorBoardLogger, TensorBoardMissing, open_metrics
+from dcasgd.compute.worker import compute_gradient
 
 
 # ---------------------------------------------------------------- maths on a quadratic

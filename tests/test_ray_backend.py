@@ -18,11 +18,13 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from dcasgd import ray_backend as rb  # noqa: E402
+from dcasgd.backends import ray as rb  # noqa: E402
 from dcasgd.cli import main as cli_main  # noqa: E402
 from dcasgd.config import ConfigError, TrainConfig  # noqa: E402
-from dcasgd.server import PushRejected  # noqa: E402
-from dcasgd.sim import load_trace  # noqa: E402
+from dcasgd.core.server import PushRejected  # noqa: E402
+from dcasgd.backends.sim import load_trace  # noqa: E402
+from dcasgd.backends.ray.worker import _flat_to_device  # noqa: E402
+from dcasgd.engine.speeds import emulated_pause  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -135,11 +137,11 @@ def test_sync_through_the_cli_gives_equal_pushes(local_ray, tmp_path, capsys):
 
 def test_probe_tensorboard_and_waits_under_ssp0_with_a_slow_worker(local_ray, tmp_path):
     """--probe-every 2 and --tensorboard on Ray; ssp:0 with worker 1 slowed makes worker 0 wait."""
-    from dcasgd.probe import RECORD_FIELDS, CompensationProbe
+    from dcasgd.engine.probe import RECORD_FIELDS, CompensationProbe
 
     out, tb = tmp_path / "probe", tmp_path / "tb"
     summary = rb.run_ray(make_cfg(out, consistency="ssp:0", epochs=1.0, probe_every=2, tensorboard=str(tb)),
-                         worker_hooks={1: {"compute_delay_s": 0.05}})
+                         instrument=rb.Instrumentation(worker_hooks={1: {"compute_delay_s": 0.05}}))
     assert summary["updates"] == 64 and "probe_every" not in summary["ignored_settings"]
     records = read_jsonl(out / "metrics.jsonl")
     probes = [r for r in records if r["kind"] == "probe"]
@@ -174,7 +176,7 @@ def test_the_last_probe_records_survive_a_slow_driver(local_ray, tmp_path):
     answered at once; that answer holds the final probe records and must be read, not dropped."""
     out = tmp_path / "slow-driver"
     summary = rb.run_ray(make_cfg(out, epochs=0.25, probe_every=1),
-                         on_tick=lambda run: time.sleep(0.5 if run.version >= 12 else 0.0))
+                         instrument=rb.Instrumentation(on_tick=lambda run: time.sleep(0.5 if run.version >= 12 else 0.0)))
     probes = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "probe"]
     assert summary["updates"] == 16
     assert sorted(p["version"] for p in probes) == list(range(1, 17)) == list(range(1, summary["probe"]["count"] + 1))
@@ -189,7 +191,7 @@ def test_an_emulated_straggler_is_slowed_by_its_factor(local_ray, tmp_path):
 
 def test_an_emulated_slow_worker_pauses_so_its_round_trip_takes_factor_times_longer():
     for slowdown, busy in ((4.0, 0.25), (1.5, 2.0), (1.0, 0.3)):
-        pause = rb.emulated_pause(slowdown, busy)
+        pause = emulated_pause(slowdown, busy)
         assert pause >= 0 and math.isclose(busy + pause, slowdown * busy)
 
 
@@ -207,7 +209,8 @@ def test_killed_workers_are_reported_and_a_restarted_one_rejoins(local_ray, tmp_
             killed.append("w0")
             ray.kill(run.actors.workers[0], no_restart=False)
 
-    summary = rb.run_ray(make_cfg(tmp_path / "faults", epochs=2.5, worker_restarts=1), on_tick=chaos)
+    summary = rb.run_ray(make_cfg(tmp_path / "faults", epochs=2.5, worker_restarts=1),
+                         instrument=rb.Instrumentation(on_tick=chaos))
     assert killed == ["w1", "w0"]
     events = [(e["event"], e["worker"]) for e in summary["worker_events"]]
     assert ("worker_failed", 1) in events and ("worker_failed", 0) in events and ("worker_rejoined", 0) in events
@@ -234,7 +237,7 @@ def test_ssp_with_checkpoint_stop_resume_and_a_lost_server(local_ray, tmp_path):
 
     with pytest.raises(rb.ServerLost):
         rb.run_ray(make_cfg(out, consistency="ssp:1", checkpoint_every=50, resume=str(out), probe_every=5),
-                   on_tick=kill_server)
+                   instrument=rb.Instrumentation(on_tick=kill_server))
     crashed = json.loads((out / "summary.json").read_text())
     ckpt = crashed["last_checkpoint_version"]
     assert crashed["server_failed"] and ckpt in (50, 100)
@@ -439,14 +442,14 @@ def test_coordinator_sync_rounds_wait_for_every_live_worker():
 
 def test_moving_a_flat_model_keeps_parameters_and_buffers_as_views():
     """What --device cuda does, on the CPU: the views must follow the moved flat buffers."""
-    from dcasgd.flat import FlatModel
-    from dcasgd.models import build_model
-    from dcasgd.worker import compute_gradient
+    from dcasgd.compute.flat import FlatModel
+    from dcasgd.compute.models import build_model
+    from dcasgd.compute.worker import compute_gradient
 
     flat = FlatModel(build_model("cnn", (1, 28, 28), 10, seed=0))
     weights, buffers = flat.params.clone(), flat.buffers.clone()
     old = flat.params.data_ptr()
-    rb._flat_to_device(flat, torch.device("cpu"))            # copies: new flat buffers
+    _flat_to_device(flat, torch.device("cpu"))            # copies: new flat buffers
     assert flat.params.data_ptr() != old
     for name, tensors, owner in (("params", list(flat.module.parameters()), flat.params),
                                  ("grads", [p.grad for p in flat.module.parameters()], flat.grads),
@@ -457,3 +460,42 @@ def test_moving_a_flat_model_keeps_parameters_and_buffers_as_views():
     x, y = torch.randn(8, 1, 28, 28), torch.randint(10, (8,))
     result = compute_gradient(flat, weights, buffers, x, y, key=1)
     assert result.grad.abs().sum() > 0 and not torch.equal(result.buffers, buffers)   # BatchNorm stats moved
+
+
+# ---------------------------------------------------------------- the public API on Ray
+
+
+def make_user_regressor():
+    return torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def mean_abs_error(output, target):
+    return (output - target).abs().mean().item()
+
+
+def test_a_user_regression_model_trains_on_ray_through_the_api(local_ray, tmp_path):
+    import dcasgd
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, generator=gen)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.05 * torch.randn(512, 1, generator=gen)
+    train, test = (x[:384], y[:384]), (x[384:], y[384:])
+    result = dcasgd.train(make_user_regressor, train, eval_data=test, loss_fn=torch.nn.functional.mse_loss,
+                          metric=mean_abs_error, backend="ray", workers=2, epochs=4, batch_size=16, lr=0.05,
+                          progress=False)
+    summary = result.summary
+    assert summary["backend"] == "ray" and summary["updates"] == 4 * 384 // 16 and result.out is None
+    assert summary["curve"][-1]["test_error"] < 0.5 * summary["curve"][0]["test_error"]
+    with torch.no_grad():
+        measured = mean_abs_error(result.model(test[0]), test[1])
+    assert math.isclose(measured, summary["final_test_error"], rel_tol=1e-6)   # the weights it was measured on
+
+
+def test_the_highway_example_runs_on_ray(local_ray):
+    """examples/highway_fmnist.py --backend ray: the same script, real worker processes (its own Ray)."""
+    import subprocess
+    import sys
+    script = Path(__file__).resolve().parent.parent / "examples" / "highway_fmnist.py"
+    result = subprocess.run([sys.executable, str(script), "--backend", "ray", "--epochs", "0.03", "--workers", "2",
+                             "--layers", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "highway network, 2 layers, 2 workers on ray: test error" in result.stdout

@@ -13,7 +13,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from conftest import ray_cluster  # noqa: E402
-from dcasgd import ray_backend as rb  # noqa: E402
+from dcasgd.backends import ray as rb  # noqa: E402
 from dcasgd.config import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.ray

@@ -25,7 +25,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from conftest import ray_cluster  # noqa: E402
-from dcasgd import ray_backend as rb  # noqa: E402
+from dcasgd.backends import ray as rb  # noqa: E402
 from dcasgd.config import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -102,9 +102,9 @@ def test_a_worker_killed_mid_push_is_reported_restarted_and_nothing_is_applied_t
             kills.append((pid, seq))
 
     # worker 0 is slowed a little so that the run outlasts two restarts of worker 1
-    summary = rb.run_ray(make_cfg(out, c.address, epochs=3.0, worker_restarts=2), on_tick=chaos,
-                         worker_hooks={0: {"compute_delay_s": 0.05},
-                                       1: {"push_pause_s": 0.2, "push_pause_mark": str(mark)}})
+    summary = rb.run_ray(make_cfg(out, c.address, epochs=3.0, worker_restarts=2),
+                         instrument=rb.Instrumentation(on_tick=chaos, worker_hooks={0: {"compute_delay_s": 0.05},
+                                       1: {"push_pause_s": 0.2, "push_pause_mark": str(mark)}}))
     assert len(kills) == 2
     events = [(e["event"], e["worker"]) for e in summary["worker_events"]]
     assert events.count(("worker_failed", 1)) == 2 and events.count(("worker_rejoined", 1)) == 2
@@ -136,7 +136,7 @@ def test_a_killed_server_shard_stops_the_run_and_resume_applies_nothing_twice(cl
             sigkill(run.actors.shards[1])                   # the second shard: a plain ServerShard actor
 
     with pytest.raises(rb.ServerLost):
-        rb.run_ray(make_cfg(out, c.address, **cfg), on_tick=kill_shard)
+        rb.run_ray(make_cfg(out, c.address, **cfg), instrument=rb.Instrumentation(on_tick=kill_shard))
     crashed = json.loads((out / "summary.json").read_text())
     assert crashed["server_failed"] is True and crashed["stop_reason"] is None
     ckpt = crashed["last_checkpoint_version"]
@@ -166,7 +166,7 @@ def test_removing_a_worker_node_loses_its_worker_and_the_rest_finish(cluster, tm
             removed.extend(m for m, node in enumerate(run.placement["workers"]) if node == victim.node_id)
             c.remove_node(victim)
 
-    summary = rb.run_ray(make_cfg(out, c.address), on_tick=remove)
+    summary = rb.run_ray(make_cfg(out, c.address), instrument=rb.Instrumentation(on_tick=remove))
     assert sorted(summary["placement"]["workers"]) == sorted(n.node_id for n in nodes)   # one per worker node
     assert len(removed) == 1
     lost = removed[0]

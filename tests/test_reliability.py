@@ -19,11 +19,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcasgd.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from dcasgd.io.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from dcasgd.cli import main
 from dcasgd.config import TrainConfig
-from dcasgd.run import advance_eval_mark, ignored_settings
-from dcasgd.server import NonFiniteUpdate, PushRejected, ServerCore
+from dcasgd.engine.context import ignored_settings
+from dcasgd.engine.recorder import advance_eval_mark
+from dcasgd.core.server import NonFiniteUpdate, PushRejected, ServerCore
 
 TINY = ["--dataset", "synthetic", "--workers", "2", "--epochs", "1", "--batch-size", "64", "--no-progress"]
 UPDATES = 32                                   # 2048 samples / 64 per gradient
@@ -303,7 +304,7 @@ def test_every_accepted_push_leaves_finite_weights(rule, momentum, wd, exponents
 
 def test_the_finiteness_guard_changes_no_bits_of_ordinary_updates():
     """Proven-safe pushes take the same in-place path as before: same bits as the bare rule."""
-    from dcasgd.rules import make_rule
+    from dcasgd.core.rules import make_rule
     gen = torch.Generator().manual_seed(0)
     w0 = torch.randn(1000, generator=gen)
     for rule_name in RULES:

@@ -12,11 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcasgd import atomic
-from dcasgd import checkpoint as ckpt
-from dcasgd.checkpoint import CheckpointError, encode, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
+from dcasgd.io import atomic
+from dcasgd.io import checkpoint as ckpt
+from dcasgd.io.checkpoint import CheckpointError, encode, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from dcasgd.config import TrainConfig
-from dcasgd.sim import run_sim
+from dcasgd.backends.sim import run_sim
 
 
 def config(out, **kw):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dcasgd.rules import LRSchedule, Rule, RuleError, make_rule
+from dcasgd.core.rules import LRSchedule, Rule, RuleError, make_rule
 
 
 def vec(*values):

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcasgd.server import PushRejected, ServerCore, StateMismatch, shard_ranges
+from dcasgd.core.server import PushRejected, ServerCore, StateMismatch, shard_ranges
 
 P = 6
 

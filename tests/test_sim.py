@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from dcasgd.config import TrainConfig
-from dcasgd.data import load_dataset
-from dcasgd.models import build_model
-from dcasgd.sim import TraceError, load_trace, run_sim, worker_speeds
-from dcasgd.worker import BatchStream
+from dcasgd.compute.data import load_dataset
+from dcasgd.compute.models import build_model
+from dcasgd.backends.sim import TraceError, load_trace, run_sim
+from dcasgd.engine.speeds import worker_speeds
+from dcasgd.compute.worker import BatchStream
 
 
 def config(tmp_path, name="run", **kw):
@@ -130,8 +131,8 @@ def test_workers_compute_at_exactly_the_weights_they_pulled(tmp_path):
             seen.append((torch.equal(w.weights, backup), w.base_version <= sim.server.version,
                          int(sim.server.backup_version[w.index]) == w.base_version))
 
-    from dcasgd.run import prepare_run
-    from dcasgd.sim import Simulator
+    from dcasgd.engine.context import prepare_run
+    from dcasgd.backends.sim import Simulator
     Simulator(prepare_run(config(tmp_path, jitter=0.5, rule="dc-asgd-c")), probe=Spy()).run()
     assert seen and all(all(flags) for flags in seen)
 

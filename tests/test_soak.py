@@ -28,7 +28,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from dcasgd import ray_backend as rb  # noqa: E402
+from dcasgd.backends import ray as rb  # noqa: E402
 from dcasgd.config import TrainConfig  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -60,7 +60,7 @@ def test_a_long_async_run_keeps_server_memory_and_update_rate_steady(local_ray, 
                       workers=4, servers=2, epochs=1e6, eval_every=25.0, lr=0.05, lr_schedule="constant",
                       batch_size=32, seed=0, progress=False, out=str(tmp_path / "soak"))
     started = time.perf_counter()
-    summary = rb.run_ray(cfg, on_tick=sample, time_limit_s=DURATION_S)
+    summary = rb.run_ray(cfg, instrument=rb.Instrumentation(on_tick=sample, time_limit_s=DURATION_S))
     wall = time.perf_counter() - started
 
     rates = [(b["updates"] - a["updates"]) / (b["t"] - a["t"]) for a, b in zip(samples, samples[1:])]

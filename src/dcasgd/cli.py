@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 from .config import NOT_RESTORED_ON_RESUME, RESUME_MAY_CHANGE, ConfigError, TrainConfig
 from .errors import InputError, RunFailed
-from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, MODELS, RULES, SCHEDULES
+from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULES, SCHEDULES
 from .presets import PRESETS, load_config_file, load_preset, settings_from_toml
-from .rundir import resume_run_dir
+from .io.rundir import resume_run_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_DIVERGED, EXIT_MAX_REFUSED, EXIT_NO_LIVE_WORKERS, EXIT_INTERRUPTED = 3, 4, 5, 130
@@ -84,10 +84,20 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"when pushes apply (default {d.consistency}); sync with a dc-* rule has zero delay "
                         "and so behaves exactly as sgd")
     g.add_argument("--workers", type=int, default=S, help=f"number of workers M (default {d.workers})")
-    g.add_argument("--dataset", choices=DATASETS, default=S, help=f"(default {d.dataset})")
+    g.add_argument("--dataset", default=S, metavar="NAME|MODULE:FN",
+                   help=f"{', '.join(DATASETS)} (default {d.dataset}), or an import path to a function "
+                        "returning (train, test): each a Dataset of (input, target) pairs or a tensor pair")
     g.add_argument("--data-root", default=S, help="directory holding <dataset>/ (searched before $DCASGD_DATA, "
                    "~/.cache/dcasgd, /usr/share/datasets)")
-    g.add_argument("--model", choices=MODELS, default=S, help=f"(default {d.model})")
+    g.add_argument("--model", default=S, metavar="NAME|MODULE:FN",
+                   help=f"{', '.join(MODELS)} (default {d.model}), or an import path to a zero-argument "
+                        "function returning an nn.Module")
+    g.add_argument("--loss", default=S, metavar="NAME|MODULE:FN",
+                   help=f"{', '.join(LOSSES)} (default {d.loss}), or an import path to loss_fn(output, target) "
+                        "-> scalar tensor (a batch mean)")
+    g.add_argument("--metric", default=S, metavar="NAME|MODULE:FN",
+                   help=f"{', '.join(METRICS)} (default {d.metric}: percent misclassified), or an import path to "
+                        "metric(output, target) -> number (a batch mean, lower is better)")
     g.add_argument("--epochs", type=float, default=S, help=f"passes over the training set (default {d.epochs:g})")
     g.add_argument("--batch-size", type=int, default=S, help=f"mini-batch per worker b (default {d.batch_size})")
     g.add_argument("--seed", type=int, default=S, help=f"fixes data order, model init and simulated timing "
@@ -167,7 +177,7 @@ _RENAMES = {"straggler": "stragglers", "fail": "failures"}
 
 def _checkpoint_settings(run_dir: Path) -> dict[str, Any]:
     """The settings of the run a checkpoint came from, less NOT_RESTORED_ON_RESUME."""
-    from .checkpoint import load_latest
+    from .io.checkpoint import load_latest
     _, state = load_latest(run_dir / "checkpoints")
     saved = {k: v for k, v in dict(state.get("config") or {}).items() if k not in NOT_RESTORED_ON_RESUME}
     return settings_from_toml(saved, f"checkpoint in {run_dir}")
@@ -207,32 +217,27 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .api import run
     cfg = config_from_args(args)
-    if cfg.backend == "ray":
-        from .ray_backend import run_ray
-        summary = run_ray(cfg)
-    else:
-        from .sim import run_sim
-        summary = run_sim(cfg).summary
-    return report_outcome(summary, Path(cfg.out))
+    return report_outcome(run(cfg).summary, Path(cfg.out))
 
 
 def report_outcome(summary: dict[str, Any], out: Path) -> int:
     """Print how the run ended (one line) and return its exit status (:data:`EXIT_STATUS_HELP`)."""
-    split = "validation" if summary.get("eval_split") == "val" else "test"
-    error, updates = summary["final_test_error"], summary["updates"]
+    split = {"val": "validation", "train": "training"}.get(summary.get("eval_split"), "test")
+    error, updates = _metric_text(summary), summary["updates"]
     outcome = summary.get("outcome", "finished")
     if outcome == "finished":
-        print(f"final {split} error {error:.2f}% after {updates} updates "
+        print(f"final {split} error {error} after {updates} updates "
               f"(mean staleness {summary['mean_staleness']:.2f}); results in {out}/ (summary.json, metrics.jsonl)")
         return EXIT_OK
     if outcome == "stopped":
-        print(f"stopped after {updates} updates as asked ({split} error {error:.2f}% there); "
+        print(f"stopped after {updates} updates as asked ({split} error {error} there); "
               f"results so far in {out}/; continue with: dcasgd train --resume {out}")
         return EXIT_OK
     if outcome == "diverged":
         print(f"dcasgd: the model diverged after {updates} updates (a non-finite gradient or update); "
-              f"{split} error reported at chance level, {error:.2f}%; results in {out}/", file=sys.stderr)
+              f"{split} error reported at chance level, {error}; results in {out}/", file=sys.stderr)
         return EXIT_DIVERGED
     if outcome == "max_refused":
         refused = summary.get("refused_per_worker") or [0]
@@ -246,8 +251,18 @@ def report_outcome(summary: dict[str, Any], out: Path) -> int:
     return EXIT_NO_LIVE_WORKERS
 
 
+def _metric_text(summary: dict[str, Any]) -> str:
+    """The final metric as the console shows it: percent for classification error, else the number."""
+    value = summary["final_test_error"]
+    if value is None:
+        return "n/a"
+    percent = summary.get("metric", "dcasgd.compute.objectives:classification_error").endswith(
+        ":classification_error")
+    return f"{value:.2f}%" if percent else f"{value:.6g}"
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .experiment import compare, study_grid
+    from .study.compare import compare, study_grid
     grid = study_grid(getattr(args, "preset", None) or getattr(args, "config", None),
                       {key: getattr(args, f"grid_{key}") for key in _GRID_FLAGS
                        if getattr(args, f"grid_{key}", None) is not None},
@@ -266,7 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .study.report import write_report
     written = write_report(Path(args.run_dir), Path(args.to) if args.to else None,
                            Path(args.probe) if args.probe else None)
     print("wrote " + ", ".join(str(p) for p in written))

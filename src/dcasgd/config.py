@@ -28,9 +28,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .consistency import ConsistencyError, parse_consistency
+from .core.consistency import ConsistencyError, parse_consistency
 from .errors import InputError
-from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, MODELS, RULE_DEFAULTS, RULES, SCHEDULES
+from .names import (BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULE_DEFAULTS, RULES,
+                    SCHEDULES)
 
 __all__ = ["BACKENDS", "DATASETS", "SCHEDULES", "ConfigError", "TrainConfig", "RUN_INVARIANT", "STOP_CONDITIONS",
            "RESUME_MAY_CHANGE", "NOT_RESTORED_ON_RESUME", "MAX_SEED"]
@@ -59,12 +60,14 @@ class TrainConfig:
     rule: str = "dc-asgd-a"
     consistency: str = "async"
     workers: int = 8
-    dataset: str = "fashion-mnist"
-    model: str = "mlp"
+    dataset: str = "fashion-mnist"     # a built-in name, or an import path module:function
+    model: str = "mlp"                 # a built-in name, or an import path module:factory
+    loss: str = "cross-entropy"        # a built-in name, or an import path module:function
+    metric: str = "error"              # (lower is better; reported as test_error)
     epochs: float = 8.0
     batch_size: int = 128
     seed: int = 0
-    out: str = "runs/latest"
+    out: str | None = "runs/latest"    # None (Python API): nothing written, results in memory
     overwrite: bool = False            # a new run may replace the files of another run in ``out``
     data_root: str | None = None
     val_size: int = 0
@@ -127,8 +130,10 @@ class TrainConfig:
         self._check_types()
         _choice("backend", self.backend, BACKENDS)
         _choice("rule", self.rule, RULES)
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, MODELS)
+        _name_or_path("dataset", self.dataset, DATASETS)
+        _name_or_path("model", self.model, MODELS)
+        _name_or_path("loss", self.loss, LOSSES)
+        _name_or_path("metric", self.metric, METRICS)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("eval_split", self.eval_split, ("test", "val"))
         _choice("backup_dtype", self.backup_dtype, BACKUP_DTYPES)
@@ -145,8 +150,10 @@ class TrainConfig:
         _nonneg_int("seed", self.seed)
         if self.seed > MAX_SEED:
             raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
-        if not self.out.strip():
-            raise ConfigError("out must name a directory, got an empty string")
+        if self.out is not None and not self.out.strip():
+            raise ConfigError("out must name a directory (or be None: no files), got an empty string")
+        if self.out is None and (self.checkpoint_every or self.resume or self.tensorboard):
+            raise ConfigError("checkpoints, --resume and --tensorboard need a run directory: set out")
         _positive("epochs", self.epochs)
         _positive("lr", self.lr)
         _positive("eval_every", self.eval_every)
@@ -224,9 +231,9 @@ class TrainConfig:
                 raise ConfigError(f"failure of worker {worker}: rejoin time {rejoin} must be after failure time {at}")
 
 
-_STR_FIELDS = ("backend", "rule", "consistency", "dataset", "model", "out", "eval_split", "backup_dtype",
-               "lr_schedule", "device")
-_OPTIONAL_STR_FIELDS = ("data_root", "replay", "tensorboard", "resume", "address")
+_STR_FIELDS = ("backend", "rule", "consistency", "dataset", "model", "loss", "metric", "eval_split",
+               "backup_dtype", "lr_schedule", "device")
+_OPTIONAL_STR_FIELDS = ("out", "data_root", "replay", "tensorboard", "resume", "address")
 _BOOL_FIELDS = ("per_worker_ms", "progress", "overwrite")
 _ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
 
@@ -250,6 +257,15 @@ def check_address(address: str) -> tuple[str, int] | None:
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _name_or_path(name: str, value: str, builtin: tuple[str, ...]) -> None:
+    """A built-in name, or an import path ``module:attribute`` (checked when the run resolves it)."""
+    module, sep, attr = value.partition(":")
+    if value in builtin or (sep and module.strip() and attr.strip() and " " not in value):
+        return
+    raise ConfigError(f"{name}: unknown value {value!r}; allowed: {', '.join(builtin)}, "
+                      f"or an import path module:name")
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -1,4 +1,7 @@
-"""The built-in names: rules, consistency modes, models, datasets, schedules, backends.
+"""The built-in names: rules, models, datasets, losses, metrics, schedules, backends.
+
+Models, datasets, losses and metrics may also be a user's, named by an import
+path ``package.module:name`` (see :mod:`dcasgd.compute.task`).
 
 Torch-free on purpose: the CLI builds ``--help`` and validates a
 configuration from these names without importing torch (which takes seconds).
@@ -11,6 +14,8 @@ RULES = ("sgd", "staleness", "dc-asgd-c", "dc-asgd-a")
 MODELS = ("mlp", "cnn", "resnet20")
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
 SCHEDULES = ("constant", "step", "cosine")
+LOSSES = ("cross-entropy", "mse")
+METRICS = ("error", "mse")
 BACKENDS = ("sim", "ray")
 BACKUP_DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")

@@ -19,14 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ConfigError
-from .telemetry import MetricsWriter
+from ..errors import InputError
+from .metrics import MetricsWriter
 
 INSTALL_HINT = "--tensorboard needs the tensorboard package: pip install 'dcasgd[tensorboard]'"
 
 
-class TensorBoardMissing(ConfigError):
-    """``--tensorboard`` was given but the tensorboard package is not installed (a ValueError)."""
+class TensorBoardMissing(InputError):
+    """``--tensorboard`` was given but the tensorboard package is not installed (bad input: exit status 2)."""
 
 
 class TensorBoardLogger:
@@ -128,7 +128,7 @@ def open_metrics(path: str | Path, tensorboard_dir: str | Path | None = None,
     """A MetricsWriter on ``path``, teed into TensorBoard under ``tensorboard_dir`` when given.
 
     The logger is made first, so a missing tensorboard package raises
-    :class:`TensorBoardMissing` (a ConfigError: exit status 2) before metrics.jsonl is touched.
+    :class:`TensorBoardMissing` (an InputError: exit status 2) before metrics.jsonl is touched.
     """
     if tensorboard_dir is None:
         return MetricsWriter(path, append=append)

@@ -1,51 +1,18 @@
-"""Run telemetry: metrics JSONL, staleness statistics, and the progress line.
+"""Run telemetry: staleness statistics and the live progress line.
 
-``metrics.jsonl`` holds one JSON object per line, each with a ``kind``:
-
-- ``update``: ``version``, ``worker``, ``staleness`` (server versions between
-  the worker's pull and its push), ``loss`` (mean cross-entropy of the
-  batch), ``time_s`` (simulated seconds in the simulator, wall seconds on
-  Ray), ``epoch`` (samples processed / training-set size), ``clock`` and
-  ``min_clock`` (the worker's pushed-gradient count and the slowest live
-  worker's, when it started this gradient);
-- ``eval``: ``epoch``, ``version``, ``time_s``, ``wall_s``, ``test_error``
-  (percent), ``test_loss``, ``train_loss`` (mean batch loss since the last
-  evaluation), ``lr``;
-- ``staleness``: periodic snapshot of :meth:`StalenessStats.summary`;
-- ``event``: worker failures, rejoins and the like.
+:class:`StalenessStats` counts staleness overall and per worker (histograms,
+nearest-rank percentiles), pushes and waiting time per worker;
+:class:`Progress` prints one status line.  What goes into ``metrics.jsonl``
+is described in :mod:`dcasgd.io.metrics`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import IO, Any
-
-
-class MetricsWriter:
-    """Append-only JSON-lines writer; each line is flushed so a crash loses at most one."""
-
-    def __init__(self, path: Path | str, append: bool = False) -> None:
-        self.path = Path(path)
-        self._file: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")
-
-    def write(self, kind: str, **fields: Any) -> None:
-        self._file.write(json.dumps({"kind": kind, **fields}, sort_keys=True) + "\n")
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def tell(self) -> int:
-        """Bytes written so far (after a flush): where a resumed run cuts the file back to."""
-        self._file.flush()
-        return self._file.tell()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def percentile_from_counts(counts: Counter, q: float) -> int:

@@ -1,6 +1,6 @@
 """A deterministic event-driven cluster in one process.
 
-M workers share one :class:`~dcasgd.server.ServerCore`.  Every gradient is
+M workers share one :class:`~dcasgd.core.server.ServerCore`.  Every gradient is
 real: worker m computes it on its own mini-batch at exactly the weights it
 pulled; only the clock is simulated.  One gradient cycle of worker m takes::
 
@@ -16,11 +16,15 @@ An event queue orders finish, failure and rejoin events by (time, sequence
 number); ties go to the earlier-scheduled event, so equal-speed workers run
 round robin and async staleness settles at exactly M-1.
 
-Consistency (``consistency.py``): ``async`` applies each push on arrival;
+Consistency (:mod:`dcasgd.core.consistency`): ``async`` applies each push on arrival;
 ``ssp:S`` holds a worker whose clock is more than S ahead of the slowest live
 worker's until the slowest catches up (the wait is simulated time, counted
 per worker); ``sync`` starts a round with every live worker at the same
 weights and applies the average of their gradients when the slowest finishes.
+
+What is the simulator's own: the event heap, the clock and the timing model.
+Evaluations, metrics lines, staleness statistics, events and the summary go
+through the shared :class:`~dcasgd.engine.recorder.Recorder`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from __future__ import annotations
 import heapq
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,21 +39,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .errors import InputError
-from .consistency import SyncBarrier, parse_consistency
-from .flat import FlatModel
-from .kernels import all_finite
-from .run import RunContext, advance_eval_mark, check_resumable, load_resume_checkpoint, open_run_dir, prepare_run, write_summary
-from .checkpoint import CheckpointError, save_checkpoint
-from .probe import CompensationProbe
-from .server import NonFiniteUpdate, PushRejected, ServerCore
-from .telemetry import Progress, StalenessStats
-from .tensorboard import open_metrics
-from .worker import BatchStream, compute_gradient, evaluate
+from ..compute.flat import FlatModel
+from ..compute.worker import BatchStream, compute_gradient, gradient_key
+from ..config import TrainConfig
+from ..core.consistency import SyncBarrier, parse_consistency
+from ..core.kernels import all_finite
+from ..core.server import NonFiniteUpdate, PushRejected, ServerCore
+from ..errors import InputError
+from ..engine.context import RunContext, open_run_dir, prepare_run, write_summary
+from ..engine.probe import CompensationProbe
+from ..engine.recorder import Recorder
+from ..engine.resume import check_resumable, load_resume_checkpoint
+from ..engine.speeds import worker_speeds
+from ..io.checkpoint import CheckpointError, save_checkpoint
 
 FINISH, FAIL, REJOIN = "finish", "fail", "rejoin"
-SIM_STATE_FORMAT = "dcasgd.sim/1"
+SIM_STATE_FORMAT = "dcasgd.sim/2"
 
 
 class TraceError(InputError):
@@ -90,26 +94,6 @@ def load_trace(path: str | Path, num_workers: int) -> list[list[float]]:
     if missing:
         raise TraceError(f"replay trace {path} has no durations for worker(s) {missing}")
     return durations
-
-
-def worker_speeds(cfg: TrainConfig, rng: np.random.Generator | None = None) -> list[float]:
-    """Each worker's compute-time multiplier, ``speed[m] * straggler[m]`` (dimensionless, 1 = nominal).
-
-    ``speed`` is ``--speeds``, else ``exp(hetero_sigma * z_m)`` with ``z ~ N(0, 1)``
-    drawn from ``rng`` (a fresh ``default_rng(cfg.seed)`` if none: the same
-    draw the simulator makes first), else 1.  The Ray backend emulates the
-    same speeds by slowing its workers down.
-    """
-    if cfg.speeds:
-        speed = [float(s) for s in cfg.speeds]
-    elif cfg.hetero_sigma > 0:
-        rng = np.random.default_rng(cfg.seed) if rng is None else rng
-        speed = [float(s) for s in np.exp(cfg.hetero_sigma * rng.standard_normal(cfg.workers))]
-    else:
-        speed = [1.0] * cfg.workers
-    for worker, factor in cfg.stragglers.items():
-        speed[worker] *= factor
-    return speed
 
 
 class Timing:
@@ -152,6 +136,7 @@ class SimResult:
     summary: dict[str, Any]
     weights: torch.Tensor
     buffers: torch.Tensor
+    metrics: list[dict[str, Any]] = field(default_factory=list)   # the metrics lines, when no file was written
 
 
 @dataclass(order=True)
@@ -164,7 +149,7 @@ class Event:
 
 
 class Simulator:
-    """Runs one training job on the simulated cluster; :meth:`run` returns the summary."""
+    """Runs one training job on the simulated cluster; :meth:`run` returns the result."""
 
     def __init__(self, ctx: RunContext, probe: Any = None) -> None:
         cfg = self.cfg = ctx.cfg
@@ -172,6 +157,7 @@ class Simulator:
         self.consistency = parse_consistency(cfg.consistency)
         data = ctx.data
         self.flat = FlatModel(ctx.model)
+        self.loss_fn = ctx.task.loss_fn
         self.server = ServerCore(self.flat.params, cfg.rule, cfg.workers, cfg.lr,
                                  backup_dtype=getattr(torch, cfg.backup_dtype), clip_norm=cfg.clip_norm,
                                  **cfg.rule_params())
@@ -182,7 +168,7 @@ class Simulator:
                         for m in range(cfg.workers)]
         self.timing = Timing(cfg)
         self.barrier = SyncBarrier()
-        self.stats = StalenessStats(cfg.workers)
+        self.recorder = Recorder(ctx, self.flat)
         self.probe = probe if probe is not None else CompensationProbe.from_config(cfg)
         self.events: list[Event] = []
         self.seq = 0
@@ -190,14 +176,20 @@ class Simulator:
         self.samples = 0                     # training samples consumed by applied gradients
         self.gradients = 0                   # gradients computed and pushed
         self.target_samples = math.ceil(cfg.epochs * n)
-        self.next_eval_epoch = 0.0
-        self.loss_sum, self.loss_count = 0.0, 0
-        self.last_error: float | None = None
-        self.evals: list[dict[str, Any]] = []
-        self.events_log: list[dict[str, Any]] = []
-        self.diverged = False
-        self.eval_wall_s = 0.0                # wall seconds spent evaluating (not training)
         self._checkpoint_due = False
+
+    @property
+    def metrics(self) -> Any:
+        """The run's metrics writer (the probe writes its lines there)."""
+        return self.recorder.metrics
+
+    @property
+    def stats(self) -> Any:
+        return self.recorder.stats
+
+    @property
+    def diverged(self) -> bool:
+        return self.recorder.diverged
 
     # ------------------------------------------------------------ schedule
 
@@ -245,23 +237,23 @@ class Simulator:
 
     def _gradient(self, w: SimWorker):
         batch = w.stream.next()
-        key = ((self.cfg.seed * 1_000_003 + w.index) * 1_000_003 + w.clock) % (2**63)
+        key = gradient_key(self.cfg.seed, w.index, w.clock)
         data = self.ctx.data
         x, y = data.train_x.index_select(0, batch), data.train_y.index_select(0, batch)   # (5x x[batch])
         # views, not copies, when nothing else computes on the model before the push (no probe)
-        result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key, copy=self.probe is not None)
+        result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key, copy=self.probe is not None,
+                                  loss_fn=self.loss_fn)
         return result, (x, y, key)
 
     def _on_finish(self, w: SimWorker) -> None:
         result, batch = self._gradient(w)
         if not all_finite(result.grad):
-            self.diverged = True                           # the model blew up: a result, not an error
+            self.recorder.diverged = True                  # the model blew up: a result, not an error
             self._log_event("diverged", w.index)
             return
         self.gradients += 1
         self.samples += len(batch[1])
-        self.loss_sum += result.loss
-        self.loss_count += 1
+        self.recorder.add_loss(result.loss)
         self.server_buffers.copy_(result.buffers)        # BatchNorm statistics: latest pushed wins
         clock_at_start = w.clock
         w.clock += 1
@@ -292,7 +284,7 @@ class Simulator:
         try:
             push()
         except NonFiniteUpdate as exc:                     # finite gradient, overflowing update: diverged
-            self.diverged = True
+            self.recorder.diverged = True
             self._log_event("diverged", w.index, reason=str(exc))
             return False
         except PushRejected as exc:
@@ -302,13 +294,12 @@ class Simulator:
         return True
 
     def _finish_sync_round(self) -> None:
-        first = min(self.barrier.received)
         self.server.lr = self.ctx.schedule(self.epoch)
         try:
-            self.server.push(first, self.barrier.average(), self.workers[first].base_version)
+            self.barrier.apply(self.server, lambda m: self.workers[m].base_version)
         except NonFiniteUpdate as exc:
-            self.diverged = True
-            self._log_event("diverged", first, reason=str(exc))
+            self.recorder.diverged = True
+            self._log_event("diverged", min(self.barrier.received), reason=str(exc))
             return
         for m in self.barrier.received:
             self.stats.add_wait(m, self.now - self.workers[m].waiting_since)
@@ -318,10 +309,9 @@ class Simulator:
             self._start_sync_round()
 
     def _record_update(self, w: SimWorker, staleness: int, loss: float, clock: int) -> None:
-        self.stats.record(w.index, staleness)
-        self.metrics.write("update", version=self.server.version + (self.consistency.mode == "sync"),
-                           worker=w.index, staleness=staleness, loss=loss, time_s=self.now,
-                           epoch=self.epoch, clock=clock, clock_gap=w.start_clock_gap)
+        self.recorder.update(version=self.server.version + (self.consistency.mode == "sync"), worker=w.index,
+                             staleness=staleness, loss=loss, time_s=self.now, epoch=self.epoch, clock=clock,
+                             clock_gap=w.start_clock_gap)
 
     def _on_fail(self, w: SimWorker) -> None:
         if not w.alive:
@@ -357,9 +347,7 @@ class Simulator:
         return grad
 
     def _log_event(self, what: str, worker: int, **extra: Any) -> None:
-        record = {"event": what, "worker": worker, "time_s": self.now, "version": self.server.version, **extra}
-        self.events_log.append(record)
-        self.metrics.write("event", **record)
+        self.recorder.event(what, worker, time_s=self.now, version=self.server.version, **extra)
 
     # ------------------------------------------------------------ progress
 
@@ -382,39 +370,23 @@ class Simulator:
     def _after_update(self) -> None:
         if cfg_every := self.cfg.checkpoint_every:
             self._checkpoint_due = self._checkpoint_due or self.server.version % cfg_every == 0
-        if self.epoch + 1e-12 >= self.next_eval_epoch or self.finished:
+        if self.recorder.evaluation_due(self.epoch) or self.finished:
             self._evaluate()
-        self.progress.update(self.epoch, self.loss_sum / max(1, self.loss_count) if self.loss_count else math.nan,
-                             self.last_error, self.server.version, self.stats)
+        self.recorder.show_progress(self.epoch, self.server.version)
 
     def _evaluate(self) -> None:
-        started = time.perf_counter()
-        error, test_loss = evaluate(self.flat, self.server.weights, self.server_buffers,
-                                    self.ctx.eval_x, self.ctx.eval_y)
-        self.eval_wall_s += time.perf_counter() - started
-        train_loss = self.loss_sum / self.loss_count if self.loss_count else None
-        record = {"epoch": self.epoch, "version": self.server.version, "time_s": self.now,
-                  "wall_s": time.perf_counter() - self.wall_start, "test_error": error, "test_loss": test_loss,
-                  "train_loss": train_loss, "lr": self.server.lr}
-        self.metrics.write("eval", **{k: v for k, v in record.items() if k != "wall_s"})
-        self.metrics.write("staleness", version=self.server.version, **self.stats.summary())
-        self.metrics.flush()
-        self.evals.append(record)
-        self.last_error = error
-        self.loss_sum, self.loss_count = 0.0, 0
-        self.next_eval_epoch = advance_eval_mark(self.next_eval_epoch, self.epoch, self.cfg.eval_every)
+        self.recorder.evaluate(self.server.weights, self.server_buffers, version=self.server.version,
+                               epoch=self.epoch, time_s=self.now, lr=self.server.lr)
 
     # ------------------------------------------------------------ main loop
 
     def run(self) -> SimResult:
         cfg = self.cfg
-        self.wall_start = time.perf_counter()
-        self.progress = Progress(cfg.epochs, enabled=cfg.progress)
         open_run_dir(self.ctx)
         if self.ctx.resume_dir is not None:
             self._resume(self.ctx.resume_dir)
         else:
-            self.metrics = open_metrics(self.ctx.out / "metrics.jsonl", cfg.tensorboard, lr=lambda: self.server.lr)
+            self.recorder.open(lr=lambda: self.server.lr)
             self._evaluate()                               # error at epoch 0
             for worker, at, rejoin in cfg.failures:
                 self._schedule(at, FAIL, worker)
@@ -435,34 +407,39 @@ class Simulator:
                 continue                                   # the worker died while computing
             self.now = event.time
             handlers[event.kind](w)
-        stopped_early = not self.finished and self.stop_requested
-        if self.diverged:
-            outcome = "diverged"
-        elif stopped_early:
-            outcome = "max_refused" if cfg.max_refused and int(self.server.refused.max()) >= cfg.max_refused \
-                else "stopped"
+        outcome = self._outcome()
+        if outcome in ("stopped", "max_refused"):
             self._save_checkpoint()
             self._log_event("stopped_early", -1, reason="max_refused" if outcome == "max_refused"
                             else "stop_after_updates")
-        elif not self.finished:
-            outcome = "no_live_workers"
+        elif outcome == "no_live_workers":
             self._log_event("stopped_no_live_workers", -1)
-        else:
-            outcome = "finished"
         if self.diverged:
-            self.last_error = 100.0 * (1 - 1 / self.ctx.data.num_classes)  # chance level
-            self.evals.append({**self.evals[-1], "version": self.server.version, "test_error": self.last_error})
-        if self.evals[-1]["version"] != self.server.version:
+            self.recorder.mark_diverged(self.server.version)
+        if self.recorder.evals[-1]["version"] != self.server.version:
             self._evaluate()
-        self.progress.update(self.epoch, self.evals[-1]["train_loss"] or math.nan, self.last_error,
-                             self.server.version, self.stats, force=True)
-        self.progress.close()
-        self.metrics.close()
-        summary = self._summary()
-        summary["stopped_early"] = stopped_early
-        summary["outcome"] = outcome
-        write_summary(self.ctx.out, summary)
-        return SimResult(summary, self.server.weights.clone(), self.server_buffers.clone())
+        self.recorder.show_progress(self.epoch, self.server.version, force=True)
+        self.recorder.close()
+        summary = self.recorder.summary(
+            updates=self.server.version, gradients=self.gradients, epoch=self.epoch, outcome=outcome,
+            backend="sim", sim_time_s=self.now, refused_per_worker=self.server.refused.tolist(),
+            clipped_updates=self.server.clipped, speeds=self.timing.speed,
+            server_bytes_per_param=self.server.bytes_per_param(),
+            stopped_early=outcome in ("stopped", "max_refused"),
+            **({"probe": self.probe.summary()} if hasattr(self.probe, "summary") else {}))
+        summary = write_summary(self.ctx.out, summary)
+        return SimResult(summary, self.server.weights.clone(), self.server_buffers.clone(),
+                         self.recorder.metrics.records)
+
+    def _outcome(self) -> str:
+        """How the run ended (:data:`dcasgd.engine.context.OUTCOMES`)."""
+        cfg = self.cfg
+        if self.diverged:
+            return "diverged"
+        if not self.finished and self.stop_requested:
+            return "max_refused" if cfg.max_refused and int(self.server.refused.max()) >= cfg.max_refused \
+                else "stopped"
+        return "finished" if self.finished else "no_live_workers"
 
     # ------------------------------------------------------------ checkpoints
 
@@ -474,27 +451,24 @@ class Simulator:
             "config": self.cfg.to_dict(),
             "server": self.server.state_dict(),
             "server_buffers": self.server_buffers.clone(),
-            "workers": [{"weights": None if w.weights is None else w.weights.clone(), "buffers": w.buffers, "base_version": w.base_version,
-                         "clock": w.clock, "start_clock_gap": w.start_clock_gap, "alive": w.alive,
-                         "generation": w.generation, "waiting_since": w.waiting_since,
+            "workers": [{"weights": None if w.weights is None else w.weights.clone(), "buffers": w.buffers,
+                         "base_version": w.base_version, "clock": w.clock, "start_clock_gap": w.start_clock_gap,
+                         "alive": w.alive, "generation": w.generation, "waiting_since": w.waiting_since,
                          "stream": w.stream.state_dict()} for w in self.workers],
             "events": [[e.time, e.seq, e.kind, e.worker, e.generation] for e in self.events],
             "barrier": {"expected": sorted(self.barrier.expected), "received": list(self.barrier.received),
                         "total": self.barrier.total},
             "timing": {"rng": json.dumps(self.timing.rng.bit_generator.state), "drawn": list(self.timing.drawn)},
-            "stats": self.stats.state_dict(),
+            "recorder": json.dumps(self.recorder.state_dict()),
             "probe": self.probe.state_dict() if hasattr(self.probe, "state_dict") else None,
-            "scalars": {"seq": self.seq, "now": self.now, "samples": self.samples, "gradients": self.gradients,
-                        "next_eval_epoch": self.next_eval_epoch, "loss_sum": self.loss_sum,
-                        "loss_count": self.loss_count, "last_error": self.last_error, "diverged": self.diverged},
-            "evals": json.dumps(self.evals),
-            "events_log": json.dumps(self.events_log),
+            "scalars": {"seq": self.seq, "now": self.now, "samples": self.samples, "gradients": self.gradients},
             "metrics_bytes": self.metrics.tell(),
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("format") != SIM_STATE_FORMAT:
-            raise CheckpointError("not a simulator checkpoint (wrong or missing 'format')")
+            raise CheckpointError(f"not a simulator checkpoint of this version (format {sd.get('format')!r}, "
+                                  f"expected {SIM_STATE_FORMAT!r})")
         self.server.load_state_dict(sd["server"])
         self.server_buffers = sd["server_buffers"]
         for w, ws in zip(self.workers, sd["workers"], strict=True):
@@ -509,13 +483,11 @@ class Simulator:
         self.barrier.total = sd["barrier"]["total"]
         self.timing.rng.bit_generator.state = json.loads(sd["timing"]["rng"])
         self.timing.drawn = list(sd["timing"]["drawn"])
-        self.stats.load_state_dict(sd["stats"])
+        self.recorder.load_state_dict(json.loads(sd["recorder"]))
         if sd["probe"] is not None and hasattr(self.probe, "load_state_dict"):
             self.probe.load_state_dict(sd["probe"])
         for key, value in sd["scalars"].items():
             setattr(self, key, value)
-        self.evals = json.loads(sd["evals"])
-        self.events_log = json.loads(sd["events_log"])
 
     def _save_checkpoint(self) -> None:
         save_checkpoint(self.ctx.out / "checkpoints", self.state_dict(), self.server.version,
@@ -534,38 +506,9 @@ class Simulator:
         else:
             with open(metrics_path, "r+b") as f:
                 f.truncate(sd["metrics_bytes"])
-        self.metrics = open_metrics(metrics_path, self.cfg.tensorboard, lr=lambda: self.server.lr, append=True)
-        self._log_resumed = str(path)
-
-    def _summary(self) -> dict[str, Any]:
-        staleness = self.stats.summary()
-        return {
-            "final_test_error": self.last_error,
-            "eval_split": self.cfg.eval_split,
-            "diverged": self.diverged,
-            "updates": self.server.version,
-            "gradients": self.gradients,
-            "epochs_done": self.epoch,
-            "mean_staleness": staleness["overall"]["mean"],
-            "max_staleness": staleness["overall"]["max"],
-            "wall_time_s": time.perf_counter() - self.wall_start,
-            "eval_wall_s": self.eval_wall_s,
-            "sim_time_s": self.now,
-            "staleness": staleness,
-            "pushes_per_worker": staleness["pushes_per_worker"],
-            "refused_per_worker": self.server.refused.tolist(),
-            "clipped_updates": self.server.clipped,
-            "worker_events": self.events_log,
-            "speeds": self.timing.speed,
-            "curve": [{k: r[k] for k in ("epoch", "time_s", "test_error")} for r in self.evals],
-            "backend": "sim",
-            "ignored_settings": self.ctx.ignored_settings,
-            "config": self.cfg.to_dict(),
-            "server_bytes_per_param": self.server.bytes_per_param(),
-            **({"probe": self.probe.summary()} if hasattr(self.probe, "summary") else {}),
-        }
+        self.recorder.open(lr=lambda: self.server.lr, append=True)
 
 
-def run_sim(cfg: TrainConfig, probe: Any = None) -> SimResult:
-    """Validate ``cfg``, load data, simulate, write metrics.jsonl and summary.json."""
-    return Simulator(prepare_run(cfg), probe=probe).run()
+def run_sim(cfg: TrainConfig, probe: Any = None, task: Any = None) -> SimResult:
+    """Check ``cfg``, load the data (or use ``task``), simulate, write metrics.jsonl and summary.json."""
+    return Simulator(prepare_run(cfg, task), probe=probe).run()

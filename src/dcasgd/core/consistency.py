@@ -19,12 +19,12 @@ clocks of their own, only answer questions about the clocks they are shown.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 MODES = ("sync", "async", "ssp:S")
 
@@ -103,3 +103,9 @@ class SyncBarrier:
         if self.total is None:
             raise ValueError("no gradients in this sync round")
         return self.total.div_(len(self.received))
+
+    def apply(self, server: Any, base_version: Callable[[int], int]) -> int:
+        """Apply the round's average to ``server`` as one update, pushed under the round's first worker
+        (``base_version(worker)``: the version it pulled); returns the new version."""
+        first = min(self.received)
+        return server.push(first, self.average(), base_version(first))

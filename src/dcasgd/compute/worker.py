@@ -6,11 +6,13 @@ the training set is re-partitioned at random into M disjoint shards
 of ``batch_size`` (the last batch of a shard may be smaller).
 
 ``compute_gradient`` loads the pulled weights (and BatchNorm statistics) into
-a :class:`~dcasgd.flat.FlatModel`, runs forward and backward on one batch
-with the mean cross-entropy loss, and returns copies of the flat gradient and
-of the updated float buffers.  Dropout draws from a generator seeded with
-``key`` (:func:`seed_dropout`), so the same (weights, batch, key) always
-gives the same bits.
+a :class:`~dcasgd.compute.flat.FlatModel`, runs forward and backward on one
+batch with the run's loss (mean cross-entropy by default), and returns copies
+of the flat gradient and of the updated float buffers.  Dropout draws from a
+generator seeded with ``key`` (:func:`gradient_key`, :func:`seed_dropout`),
+so the same (weights, batch, key) always gives the same bits, in the
+simulator and on Ray alike.  ``evaluate`` scores weights with the run's
+metric and loss (:mod:`dcasgd.compute.objectives`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .data import shard_indices
 from .flat import FlatModel
+from .objectives import Loss, Metric, batch_total, classification_error, cross_entropy
 
 
 @dataclass
@@ -68,6 +70,11 @@ class BatchStream:
         self._shard = self._make_shard()
 
 
+def gradient_key(seed: int, worker: int, clock: int) -> int:
+    """The dropout seed of worker ``worker``'s gradient number ``clock`` in a run seeded ``seed``."""
+    return ((seed * 1_000_003 + worker) * 1_000_003 + clock) % (2**63)
+
+
 def seed_dropout(key: int, device: torch.device) -> None:
     """Seed the generator dropout draws from on ``device``.
 
@@ -82,8 +89,9 @@ def seed_dropout(key: int, device: torch.device) -> None:
 
 
 def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None,
-                     x: torch.Tensor, y: torch.Tensor, key: int, copy: bool = True) -> Gradient:
-    """Mean cross-entropy gradient at ``weights`` on batch (x, y); dropout seeded by ``key``.
+                     x: torch.Tensor, y: torch.Tensor, key: int, copy: bool = True,
+                     loss_fn: Loss = cross_entropy) -> Gradient:
+    """Gradient of ``loss_fn`` (a batch mean) at ``weights`` on batch (x, y); dropout seeded by ``key``.
 
     ``copy=False`` returns views of the model's flat gradient and buffers, valid only
     until the next computation on ``flat`` (the simulator pushes them at once).
@@ -93,7 +101,7 @@ def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tens
         flat.module.train()
     flat.zero_grad()
     seed_dropout(key, flat.params.device)
-    loss = F.cross_entropy(flat.module(x), y)
+    loss = loss_fn(flat.module(x), y)
     loss.backward()
     if not copy:
         return Gradient(flat.grads, float(loss.detach()), flat.buffers)
@@ -102,15 +110,19 @@ def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tens
 
 @torch.no_grad()
 def evaluate(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None,
-             x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> tuple[float, float]:
-    """(error in percent, mean cross-entropy) of the model at ``weights`` on (x, y)."""
+             x: torch.Tensor, y: torch.Tensor, loss_fn: Loss = cross_entropy, metric: Metric = classification_error,
+             batch_size: int = 2000) -> tuple[float, float]:
+    """(metric, loss) of the model at ``weights`` on (x, y), each the mean over the samples.
+
+    By default: (classification error in percent, mean cross-entropy).
+    """
     flat.load(weights, buffers)
     flat.module.eval()
-    wrong, loss_sum = 0, 0.0
+    metric_sum, loss_sum = 0.0, 0.0
     for start in range(0, len(y), batch_size):
-        logits = flat.module(x[start:start + batch_size])
+        output = flat.module(x[start:start + batch_size])
         target = y[start:start + batch_size]
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-        wrong += int((logits.argmax(1) != target).sum())
+        loss_sum += batch_total(loss_fn, output, target)
+        metric_sum += batch_total(metric, output, target)
     n = max(1, len(y))
-    return 100.0 * wrong / n, loss_sum / n
+    return metric_sum / n, loss_sum / n

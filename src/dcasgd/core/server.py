@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 from . import kernels
 from .rules import DEFAULT_HYPER, Rule, RuleError, make_rule
@@ -268,11 +268,9 @@ class ServerCore:
             raise PushRejected(f"worker {worker}: base_version {base_version} is not in "
                                f"[0, current version {self.version}] (from the future or negative)")
         grad = grad.detach()
-        g_norm = _norm(grad)                           # one read; NaN/Inf (or overflow) make it non-finite
+        g_norm = _norm(grad)                           # one read; non-finite exactly when grad has NaN/Inf
         if not math.isfinite(g_norm):
-            if not kernels.all_finite(grad):
-                raise PushRejected(f"worker {worker}: gradient has NaN or Inf values")
-            g_norm = float(torch.linalg.vector_norm(grad.double()))   # finite values whose squares overflow
+            raise PushRejected(f"worker {worker}: gradient has NaN or Inf values")
         if self.backups is not None and int(self.backup_version[worker]) < 0:
             raise PushRejected(f"worker {worker}: pushed before its first pull (rule "
                                f"{self.rule.name} needs the weights it pulled)")
@@ -388,8 +386,16 @@ def shard_ranges(tensor_sizes: Sequence[int], num_shards: int) -> list[tuple[int
 
 
 def _norm(t: torch.Tensor) -> float:
-    """``||t||`` (L2) from one read: ``sqrt(t . t)``; inf or nan when ``t`` has them (or its squares overflow)."""
+    """``||t||`` (L2) from one read, ``sqrt(t . t)``: inf or nan exactly when ``t`` has them.
+
+    (Finite values whose squares overflow float32 are measured again in float64.)
+    """
     flat = t.reshape(-1)
     if flat.dtype != torch.float32:
         flat = flat.float()
-    return math.sqrt(torch.dot(flat, flat).item()) if flat.numel() else 0.0
+    if not flat.numel():
+        return 0.0
+    squared = torch.dot(flat, flat).item()
+    if math.isinf(squared) and kernels.all_finite(flat):
+        return float(torch.linalg.vector_norm(flat, dtype=torch.float64))
+    return math.sqrt(squared)

@@ -18,7 +18,6 @@ run's files when ``overwrite`` asked for it).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -27,14 +26,14 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_text
-from .checkpoint import CheckpointError, load_latest
-from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig
-from .data import Dataset, load_dataset
-from .models import build_model
-from .rules import LRSchedule
-from .rundir import (check_new_run_dir, check_tensorboard_dir, clear_run_files, clear_tensorboard_files,
-                     resume_run_dir)
+from ..compute.data import Dataset
+from ..compute.models import seeded_model
+from ..compute.task import Task, task_from_config
+from ..config import ConfigError, TrainConfig
+from ..core.rules import LRSchedule
+from ..io.atomic import atomic_write_text
+from ..io.rundir import (check_new_run_dir, check_tensorboard_dir, clear_run_files, clear_tensorboard_files,
+                         resume_run_dir)
 
 # How a run ended (summary["outcome"]); the CLI prints one line and exit status per outcome.
 OUTCOMES = ("finished", "stopped", "diverged", "max_refused", "no_live_workers")
@@ -48,47 +47,67 @@ IGNORED_BY = {
 
 @dataclass
 class RunContext:
+    """Everything a backend needs to run one configuration, prepared before any file is touched."""
+
     cfg: TrainConfig
-    data: Dataset
-    eval_x: torch.Tensor
+    task: Task                                   # model factory, data, loss, metric
+    eval_x: torch.Tensor                         # what evaluations score: the test split, or val, or train
     eval_y: torch.Tensor
     schedule: LRSchedule
-    out: Path
+    out: Path | None                             # None: nothing is written (results in memory)
     model: torch.nn.Module                       # the freshly initialised model (seeded by cfg.seed)
     resume_dir: Path | None = None               # the run directory a resumed run continues
     ignored_settings: list[str] = field(default_factory=list)
 
+    @property
+    def data(self) -> Dataset:
+        return self.task.data
 
-def prepare_run(cfg: TrainConfig) -> RunContext:
-    """Check everything, load the data set and build the model; touches no file."""
+    @property
+    def eval_split(self) -> str:
+        """What the evaluations measure: ``test``, ``val``, or ``train`` (a task without evaluation data)."""
+        return "train" if self.task.eval_on_train and self.cfg.eval_split == "test" else self.cfg.eval_split
+
+
+def prepare_run(cfg: TrainConfig, task: Task | None = None) -> RunContext:
+    """Check everything, load the data and build the model; touches no file.
+
+    ``task`` is the user's model, data, loss and metric (the Python API); by
+    default the configuration's names or import paths are resolved.
+    """
     cfg.validate()
     ignored = ignored_settings(cfg)
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         print(f"dcasgd: warning: --backend {cfg.backend} ignores {flags} (recorded in summary.json "
               f"as ignored_settings)", file=sys.stderr)
-    out = Path(cfg.out)
+    out = None if cfg.out is None else Path(cfg.out)
     resume_dir = resume_run_dir(cfg.resume) if cfg.resume else None
-    if resume_dir is None or not _same_dir(out, resume_dir):
+    if out is not None and (resume_dir is None or not _same_dir(out, resume_dir)):
         check_new_run_dir(out, cfg.overwrite)
     if cfg.tensorboard and resume_dir is None:
         check_tensorboard_dir(cfg.tensorboard, cfg.overwrite)
-    data = load_dataset(cfg.dataset, val_size=cfg.val_size, seed=cfg.seed, root=cfg.data_root)
+    task = task_from_config(cfg) if task is None else task
+    data = task.data
     check_shards(cfg, len(data.train_y))
-    model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed)
+    model = seeded_model(task.model_fn, cfg.seed)
     check_memory(cfg, sum(p.numel() for p in model.parameters() if p.requires_grad))
     if cfg.eval_split == "val":
+        if len(data.val_y) == 0:
+            raise ConfigError("eval_split 'val' needs val_size > 0")
         eval_x, eval_y = data.val_x, data.val_y
     else:
         eval_x, eval_y = data.test_x, data.test_y
     schedule = LRSchedule(cfg.lr, cfg.lr_schedule, tuple(cfg.lr_milestones), cfg.lr_gamma,
                           cfg.epochs, cfg.warmup_epochs)
-    return RunContext(cfg, data, eval_x, eval_y, schedule, out, model, resume_dir, ignored)
+    return RunContext(cfg, task, eval_x, eval_y, schedule, out, model, resume_dir, ignored)
 
 
 def open_run_dir(ctx: RunContext) -> None:
     """Make the run directory; with ``overwrite``, first remove the files of the run it held."""
     cfg = ctx.cfg
+    if ctx.out is None:
+        return
     continuing_in_place = ctx.resume_dir is not None and _same_dir(ctx.out, ctx.resume_dir)
     if cfg.overwrite and not continuing_in_place:
         clear_run_files(ctx.out)
@@ -115,7 +134,7 @@ def server_memory_bytes(cfg: TrainConfig, num_params: int) -> int:
 
     Computed by building the state on the ``meta`` device (no memory is allocated).
     """
-    from .server import ServerCore
+    from ..core.server import ServerCore
     return ServerCore.memory_bytes(num_params, cfg.rule, cfg.workers, getattr(torch, cfg.backup_dtype),
                                    **cfg.rule_params())
 
@@ -159,48 +178,9 @@ def _same_dir(a: Path, b: Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint of ``run_dir/checkpoints`` that verifies; says on stderr which it skipped."""
-    path, state, skipped = load_latest(Path(run_dir) / "checkpoints", with_skipped=True)
-    for reason in skipped:
-        print(f"dcasgd: warning: skipped a checkpoint that does not verify ({reason})", file=sys.stderr)
-    if skipped:
-        print(f"dcasgd: warning: resuming from the older checkpoint {path}", file=sys.stderr)
-    return path, state
-
-
-def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    """A checkpoint resumes only the run it came from: every setting but RESUME_MAY_CHANGE must match."""
-    current = cfg.to_dict()
-    differ = sorted(k for k in current if k not in RESUME_MAY_CHANGE and _norm(saved.get(k)) != _norm(current[k]))
-    if differ:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
-        raise CheckpointError(f"checkpoint {path} is from a different run ({detail})")
-
-
-def _norm(value: Any) -> Any:
-    """Tuples and lists compare equal, dict keys as strings (a checkpoint's config went through torch.save)."""
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _norm(v) for k, v in value.items()}
-    return value
-
-
-def advance_eval_mark(mark: float, epoch: float, every: float) -> float:
-    """The next epoch to evaluate at: ``mark + k * every`` for the least k putting it past ``epoch``.
-
-    Adds ``every`` one step at a time (the committed runs' rounding); a tiny
-    ``every`` far behind ``epoch`` first jumps by a multiple, so the loop is short.
-    """
-    behind = math.floor((epoch - mark) / every) - 2
-    if behind > 16:
-        mark += behind * every
-    while mark <= epoch + 1e-12:
-        mark += every
-    return mark
-
-
-def write_summary(out: Path, summary: dict[str, Any]) -> None:
+def write_summary(out: Path | None, summary: dict[str, Any]) -> dict[str, Any]:
+    """Add the command line and write ``out/summary.json`` atomically (nothing when ``out`` is None)."""
     summary = {**summary, "command": " ".join(sys.argv)}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if out is not None:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary

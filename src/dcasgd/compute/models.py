@@ -9,13 +9,14 @@ gives the same bits.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .errors import InputError
-from .names import MODELS
+from ..errors import InputError
+from ..names import MODELS
 
 
 class ModelError(InputError):
@@ -103,14 +104,37 @@ class ResNet20(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> nn.Module:
-    """A freshly initialised model; the same ``seed`` gives bit-identical weights."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int | None = 0) -> nn.Module:
+    """A freshly initialised model; the same ``seed`` gives bit-identical weights.
+
+    ``seed=None`` draws from torch's global generator as it is (the caller seeds it,
+    as :func:`seeded_model` does for any model factory).
+    """
     builders = {"mlp": MLP, "cnn": SmallCNN, "resnet20": ResNet20}
     if name not in builders:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if seed is None:
+        return builders[name](tuple(input_shape), num_classes)
+    return seeded_model(lambda: builders[name](tuple(input_shape), num_classes), seed)
+
+
+def seeded_model(model_fn: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``model_fn()`` with torch's global generator seeded by ``seed`` (and restored afterwards).
+
+    The same factory and seed give bit-identical initial weights; ``model_fn`` must
+    return an ``nn.Module`` with float32 parameters.
+    """
     rng_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        return builders[name](tuple(input_shape), num_classes)
+        module = model_fn()
     finally:
         torch.random.set_rng_state(rng_state)
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"the model factory must return a torch.nn.Module, got {type(module).__name__}")
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ModelError("the model has no trainable parameters")
+    bad = sorted({str(p.dtype) for p in module.parameters() if p.dtype != torch.float32})
+    if bad:
+        raise ModelError(f"the model's parameters must be float32, got {', '.join(bad)} (call .float() on it)")
+    return module

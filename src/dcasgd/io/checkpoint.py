@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write_bytes
-from .errors import InputError
+from ..errors import InputError
 
 MAGIC = b"DCASGD-CKPT/1\n"
 _NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")

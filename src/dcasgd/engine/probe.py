@@ -33,12 +33,12 @@ import statistics
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 
-from .flat import FlatModel
-from .rules import Rule, State
-from .worker import seed_dropout
+from ..compute.flat import FlatModel
+from ..compute.objectives import Loss, cross_entropy
+from ..core.rules import Rule, State
+from ..compute.worker import seed_dropout
 
 ESTIMATES = ("delayed", "dc", "taylor")
 RECORD_FIELDS = ("version", "worker", "staleness", "delta_norm", "cos_delayed", "cos_dc", "cos_taylor",
@@ -97,29 +97,31 @@ def estimate_metrics(g_bak: torch.Tensor, g_now: torch.Tensor, hvp: torch.Tensor
 # ---------------------------------------------------------------- the model's loss
 
 
-def model_loss_fn(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, key: int
+def model_loss_fn(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, key: int, loss_fn: Loss = cross_entropy
                   ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Mean cross-entropy on (x, y) as a function of the flat weights, dropout seeded by ``key``.
+    """The run's loss (mean cross-entropy by default) on (x, y) as a function of the flat weights,
+    dropout seeded by ``key``.
 
-    Mirrors :func:`dcasgd.worker.compute_gradient` (train mode, ``seed_dropout(key)``
+    Mirrors :func:`dcasgd.compute.worker.compute_gradient` (train mode, ``seed_dropout(key)``
     right before the forward).  Buffers are the module's current ones, passed
     as clones so BatchNorm's running-statistics update never reaches the model.
     """
     named = [(name, p.shape) for name, p in flat.module.named_parameters() if p.requires_grad]
     sizes = flat.tensor_sizes
 
-    def loss_fn(w: torch.Tensor) -> torch.Tensor:
+    def loss_at(w: torch.Tensor) -> torch.Tensor:
         tensors = {name: chunk.view(shape) for (name, shape), chunk in zip(named, torch.split(w, sizes))}
         tensors.update({name: b.clone() for name, b in flat.module.named_buffers()})
         seed_dropout(key, flat.params.device)
-        return F.cross_entropy(functional_call(flat.module, tensors, (x,)), y)
+        return loss_fn(functional_call(flat.module, tensors, (x,)), y)
 
-    return loss_fn
+    return loss_at
 
 
 def compensation_metrics(flat: FlatModel, weights_bak: torch.Tensor, weights_now: torch.Tensor,
                          buffers: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, key: int,
-                         grad_bak: torch.Tensor, lam_eff: float | torch.Tensor) -> dict[str, float]:
+                         grad_bak: torch.Tensor, lam_eff: float | torch.Tensor,
+                         loss_fn: Loss = cross_entropy) -> dict[str, float]:
     """Score the delayed, DC and Taylor estimates of ``g(weights_now)`` for one push.
 
     ``grad_bak`` is the pushed gradient ``g(weights_bak)`` (used as is for all
@@ -137,7 +139,7 @@ def compensation_metrics(flat: FlatModel, weights_bak: torch.Tensor, weights_now
         with torch.random.fork_rng():
             flat.load(weights_bak, buffers)
             flat.module.train()
-            g_bak, g_now, hvp = taylor_terms(model_loss_fn(flat, x, y, key), weights_bak, weights_now)
+            g_bak, g_now, hvp = taylor_terms(model_loss_fn(flat, x, y, key, loss_fn), weights_bak, weights_now)
     finally:
         params, grads, flat_buffers, module_buffers, training = saved
         flat.params.copy_(params)
@@ -200,7 +202,7 @@ class CompensationProbe:
         x, y, key = batch
         lam_eff, lam, form = effective_lam(server.rule, server.state, result.grad, w.index)
         metrics = compensation_metrics(sim.flat, w.weights, server.weights, w.buffers, x, y, key,
-                                       result.grad, lam_eff)
+                                       result.grad, lam_eff, sim.loss_fn)
         record = {"version": server.version + 1, "worker": w.index,
                   "staleness": server.version - w.base_version, **metrics,
                   "lam": lam, "lam_form": form, "epoch": sim.epoch}

@@ -49,10 +49,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from .errors import InputError
-from .names import DATASETS
+from ..errors import InputError
+from ..names import DATASETS
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "find_dataset_dir", "load_dataset", "shard_indices"]
+__all__ = ["DATASETS", "Dataset", "DatasetError", "find_dataset_dir", "load_dataset", "shard_indices", "split_validation"]
 
 class DatasetError(InputError):
     """A dataset file is missing, malformed, or failed verification; the message names the file."""
@@ -60,7 +60,10 @@ class DatasetError(InputError):
 
 @dataclass
 class Dataset:
-    """Train/validation/test splits; x float32 normalised, y int64 class indices."""
+    """Train/validation/test splits: inputs, and targets (int64 class indices for the built-ins).
+
+    ``num_classes`` is None for targets that are not class indices (regression).
+    """
 
     name: str
     train_x: torch.Tensor
@@ -69,7 +72,7 @@ class Dataset:
     test_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
-    num_classes: int
+    num_classes: int | None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -505,7 +508,7 @@ def _make_synthetic(seed: int, n_train: int, n_test: int, dim: int, classes: int
 # Splitting, normalising, assembling
 
 
-def _split_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int, where: str):
+def split_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int, where: str):
     """(train_x, train_y, val_x, val_y): ``val_size`` samples picked by a permutation from ``seed``."""
     n = len(x)
     if val_size < 0 or val_size >= n:
@@ -552,7 +555,7 @@ def load_dataset(name: str, *, val_size: int = 0, seed: int = 0, root: str | Non
         loader = _load_cifar_dataset if name == "cifar10" else _load_idx_dataset
         train, test = loader(directory)
         num_classes, where = _NUM_CLASSES, str(directory)
-    train_x, train_y, val_x, val_y = _split_validation(*train, val_size, seed, where)
+    train_x, train_y, val_x, val_y = split_validation(*train, val_size, seed, where)
     train_x, val_x, test_x = _normalise(_to_float(train_x), _to_float(val_x), _to_float(test[0]))
     return Dataset(name, train_x, train_y, test_x, test[1], val_x, val_y, num_classes)
 

@@ -26,8 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .errors import InputError  # noqa: E402
-from .experiment import METHODS, method_of  # noqa: E402
+from ..errors import InputError  # noqa: E402
+from .compare import METHODS, method_of  # noqa: E402
 
 
 class ReportError(InputError):
@@ -314,7 +314,7 @@ def write_report(run_dir: Path, to: Path | None = None, probe_run: Path | None =
 
 def write_compensation(run_dir: Path, out: Path) -> list[Path]:
     """compensation.png and compensation.md from the probe records of ``run_dir`` (a run directory)."""
-    from .plots_compensation import load_probe_records, plot_compensation
+    from .compensation import load_probe_records, plot_compensation
     records = load_probe_records(run_dir) if (run_dir / "metrics.jsonl").exists() else []
     summary_path = run_dir / "summary.json"
     if not records or not summary_path.exists():

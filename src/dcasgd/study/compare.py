@@ -44,9 +44,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import RUN_INVARIANT, ConfigError, TrainConfig
-from .rundir import run_files
-from .atomic import atomic_write_text
+from ..config import RUN_INVARIANT, ConfigError, TrainConfig
+from ..io.rundir import run_files
+from ..io.atomic import atomic_write_text
 
 METHODS = ("sequential", "ssgd", "asgd", "ssp", "staleness", "dc-asgd-c", "dc-asgd-a")
 DEFAULT_GRID = {"methods": list(METHODS), "workers": [1, 4, 8, 16, 32], "seeds": [0, 1, 2],
@@ -175,12 +175,9 @@ def move_stale(job: Job, out: Path, differences: list[str]) -> Path:
 def _run_job(cfg: TrainConfig, threads: int) -> dict[str, Any]:
     """Entry point in a pool process: one training run."""
     import torch
+    from ..api import run
     torch.set_num_threads(threads)
-    if cfg.backend == "ray":
-        from .ray_backend import run_ray
-        return run_ray(cfg)
-    from .sim import run_sim
-    return run_sim(cfg).summary
+    return run(cfg).summary
 
 
 def git_commit() -> str:
@@ -277,13 +274,13 @@ def claim_study_dir(out: Path, base: TrainConfig) -> None:
         raise ConfigError(f"compare: {out} holds a training run's files ({', '.join(present)}), not a study; "
                           f"choose another directory, or --overwrite to remove that run's files")
     if present:
-        from .rundir import clear_run_files
+        from ..io.rundir import clear_run_files
         clear_run_files(out)
 
 
 def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | None) -> dict[str, Any]:
     """The study grid: DEFAULT_GRID < the preset's or TOML file's ``[compare]`` table < ``overrides``; checked."""
-    from .presets import load_preset_grid
+    from ..presets import load_preset_grid
     grid = dict(DEFAULT_GRID)
     if source:
         grid.update(load_preset_grid(source))

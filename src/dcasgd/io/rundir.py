@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "trace.jsonl", "checkpoints")
 CHECKPOINT_DIR = "checkpoints"

@@ -49,8 +49,8 @@ from typing import Callable
 import torch
 
 from . import kernels
-from .errors import InputError
-from .names import DEFAULT_LR, RULE_DEFAULTS, RULES
+from ..errors import InputError
+from ..names import DEFAULT_LR, RULE_DEFAULTS, RULES
 
 # Paper defaults (Zheng et al. 2017, Section 6).
 DEFAULT_HYPER = {"lr": DEFAULT_LR, **{k: v for k, v in RULE_DEFAULTS.items() if k != "per_worker_ms"}}

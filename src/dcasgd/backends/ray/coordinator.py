@@ -1,0 +1,332 @@
+"""The coordinator: worker clocks, consistency waits, grants, stop and checkpoint pauses.
+
+Plain asyncio, no Ray: the Ray backend runs it inside the lead server actor
+(:class:`dcasgd.backends.ray.shard.LeadServer`), and its tests run it on an
+event loop of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ...core.consistency import parse_consistency
+
+
+@dataclass
+class _Grant:
+    go: bool
+    reason: str = ""
+    clock: int = 0
+    clock_gap: int = 0
+    members: list[int] = field(default_factory=list)
+    probe: bool = False          # also measure the delay compensation for this gradient (--probe-every)
+
+
+class Coordinator:
+    """Worker clocks, consistency waits, grants, stop and checkpoint pauses (asyncio; in LeadServer).
+
+    Grants: a worker gets its next gradient only while the samples and
+    updates granted so far are below the targets; a worker that died before
+    its gradient reached shard 0 releases its grant.  So the run applies
+    exactly the gradients the targets ask for, and a worker asked to stop has
+    nothing in flight.  ``ssp:S`` and ``sync`` waits and checkpoint pauses
+    await one asyncio.Condition.
+
+    Two marks per granted gradient: *unapplied* until shard 0 has applied it
+    (:meth:`applied`, called in shard 0's process: counts samples, updates and
+    the worker's clock) and *in flight* until the worker reports that every
+    shard has it (:meth:`next`: ends sync rounds, lets a checkpoint start).
+    """
+
+    def __init__(self, num_workers: int, consistency: str, target_samples: int, stop_after_updates: int = 0,
+                 checkpoint_every: int = 0, max_refused: int = 0, start: dict[str, Any] | None = None,
+                 probe_every: int = 0) -> None:
+        start = start or {}
+        self.M = num_workers
+        self.consistency = parse_consistency(consistency)
+        self.sync = self.consistency.mode == "sync"
+        self.target_samples, self.stop_after = target_samples, stop_after_updates
+        self.ckpt_every, self.max_refused = checkpoint_every, max_refused
+        self.applied_updates = self.granted_updates = int(start.get("updates", 0))
+        self.applied_samples = self.granted_samples = int(start.get("samples", 0))
+        self.clock = list(start.get("clock", [0] * num_workers))
+        self.refused = list(start.get("refused", [0] * num_workers))
+        self.wait_s = list(start.get("wait_s", [0.0] * num_workers))
+        self.lost = list(start.get("lost_gradients", [0] * num_workers))   # granted, never applied: worker died
+        self.probe_every = probe_every
+        self.probe_pushes = int(start.get("probe_pushes", 0))               # async grants counted for the probe
+        self.probes: list[dict[str, Any]] = []                              # probe records not yet drained
+        self.pids: list[int | None] = [None] * num_workers                  # worker processes, as they joined
+        self.next_ckpt = (self.applied_updates // checkpoint_every + 1) * checkpoint_every if checkpoint_every else 0
+        self.live = set(range(num_workers))
+        self.finished: set[int] = set()
+        self.generation = [0] * num_workers
+        self.inflight: list[int | None] = [None] * num_workers     # samples of a gradient not yet on all shards
+        self.unapplied: list[int | None] = [None] * num_workers    # ... not yet applied by shard 0
+        self.pending_n = [0] * num_workers
+        self.stop_reason: str | None = None
+        self.diverged = False
+        self.ckpt_ready = False
+        self.events: list[dict[str, Any]] = []
+        # sync rounds
+        self.waiting: set[int] = set()
+        self.round_id, self.round_active = 0, False
+        self.members: set[int] = set()
+        self.reported: set[int] = set()
+        self.last_round = [0] * num_workers
+        self._cond: asyncio.Condition | None = None
+        self._attention: asyncio.Event | None = None
+        self.timer: Callable[[], float] = time.perf_counter    # seconds, for wait_s (tests set a fake one)
+
+    @property
+    def cond(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond, self._attention = asyncio.Condition(), asyncio.Event()
+        return self._cond
+
+    # ------------------------------------------------------------ worker calls
+
+    async def worker_join(self, worker: int, pid: int | None = None) -> dict[str, Any]:
+        """Worker (re)starts (in process ``pid``); a restarted worker rejoins at the slowest live clock."""
+        async with self.cond:
+            self.pids[worker] = pid
+            self.generation[worker] += 1
+            self.finished.discard(worker)
+            self._release(worker, lost=True)
+            if worker not in self.live:
+                others = [self.clock[o] for o in self.live]
+                self.live.add(worker)
+                self.clock[worker] = min(others, default=self.clock[worker])
+                self._event("worker_rejoined", worker)
+            self.cond.notify_all()
+            return {"generation": self.generation[worker], "clock": self.clock[worker]}
+
+    async def next(self, worker: int, generation: int, report: dict[str, Any] | None,
+                   num_samples: int) -> dict[str, Any]:
+        """Report the last gradient; wait until the next one may start (or the run stops)."""
+        entered = self.timer()
+        async with self.cond:
+            if generation != self.generation[worker]:
+                return vars(_Grant(False, "superseded"))
+            if report is not None:
+                self._report(worker, report)
+            self.pending_n[worker] = num_samples
+            if self.sync:
+                self.waiting.add(worker)
+            self._check_checkpoint()
+            self.cond.notify_all()
+            while True:
+                if generation != self.generation[worker] or worker not in self.live:
+                    return vars(_Grant(False, "dead"))
+                grant = self._decide_sync(worker) if self.sync else self._decide_async(worker)
+                if grant is not None:
+                    self.wait_s[worker] += self.timer() - entered
+                    if not grant.go:
+                        self.live.discard(worker)
+                        self.finished.add(worker)
+                        self.waiting.discard(worker)
+                        self._attention.set()
+                    self.cond.notify_all()
+                    return vars(grant)
+                await self.cond.wait()
+
+    async def applied(self, worker: int, num_samples: int = 0) -> None:
+        """Shard 0 applied worker's granted gradient (called from shard 0's push, same process).
+
+        A push that arrives after its worker was declared dead (its grant given
+        back) still counts: shard 0 applied it, so it is taken back from the grants.
+        """
+        async with self.cond:
+            if self.unapplied[worker] is None and not self.sync and num_samples:
+                self.granted_samples += num_samples
+                self.granted_updates += 1
+                self.unapplied[worker] = num_samples
+                if self.lost[worker]:
+                    self.lost[worker] -= 1
+            self._count_applied(worker)
+            self.cond.notify_all()
+
+    def _count_applied(self, worker: int) -> None:
+        n = self.unapplied[worker]
+        if n is None:
+            return
+        self.unapplied[worker] = None
+        self.clock[worker] += 1
+        self.applied_samples += n
+        if not self.sync:
+            self.applied_updates += 1
+
+    def _release(self, worker: int, lost: bool = False) -> None:
+        """Forget worker's grant; one that never reached shard 0 is given back (``lost``: the worker died)."""
+        n = self.unapplied[worker]
+        if n is not None:
+            self.granted_samples -= n
+            self.lost[worker] += bool(lost)
+            if not self.sync:
+                self.granted_updates -= 1
+        self.unapplied[worker] = self.inflight[worker] = None
+
+    def _report(self, worker: int, report: dict[str, Any]) -> None:
+        if report.get("probe") is not None:
+            self.probes.append(report["probe"])
+            self._attention.set()
+        if self.inflight[worker] is None:
+            return
+        if report.get("applied"):
+            self._count_applied(worker)          # (already counted when shard 0 told us)
+            self.inflight[worker] = None
+        else:
+            self._release(worker)
+            self.refused[worker] += 1
+            if report.get("error"):
+                self._event("push_refused", worker, reason=report["error"])
+            if report.get("nonfinite"):
+                self.diverged = True
+                self.stop_reason = self.stop_reason or "diverged"
+                self._event("diverged", worker)
+            if self.max_refused and self.refused[worker] >= self.max_refused:
+                self.stop_reason = self.stop_reason or "max_refused"
+        if self.sync and worker in self.members:
+            self.reported.add(worker)
+            self._maybe_end_round()
+
+    def _maybe_end_round(self) -> None:
+        if self.round_active and self.members <= self.reported:
+            self.round_active = False
+            if self.reported:
+                self.applied_updates += 1
+
+    def _stop(self) -> str | None:
+        if self.stop_reason:
+            return self.stop_reason
+        if self.applied_samples >= self.target_samples:
+            return "target"
+        if self.stop_after and self.applied_updates >= self.stop_after:
+            return "stop_after_updates"
+        return None
+
+    def _paused(self) -> bool:
+        return bool(self.ckpt_every) and (self.applied_updates if self.sync else self.granted_updates) >= self.next_ckpt
+
+    def _decide_async(self, worker: int) -> _Grant | None:
+        reason = self._stop()
+        if reason:
+            return _Grant(False, reason)
+        if self.granted_samples >= self.target_samples or (self.stop_after and self.granted_updates >= self.stop_after):
+            return None            # in-flight gradients reach the target unless their worker dies
+        if self._paused():
+            return None
+        live_clocks = [self.clock[o] for o in self.live]
+        if not self.consistency.may_start(self.clock[worker], live_clocks):
+            return None
+        n = self.pending_n[worker]
+        self.granted_updates += 1
+        self.granted_samples += n
+        self.inflight[worker] = self.unapplied[worker] = n
+        probe = False
+        if self.probe_every:
+            self.probe_pushes += 1
+            probe = self.probe_pushes % self.probe_every == 0
+        return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks), probe=probe)
+
+    def _decide_sync(self, worker: int) -> _Grant | None:
+        if self.round_active and worker in self.members and self.last_round[worker] < self.round_id:
+            return self._grant_round(worker)
+        if not self.round_active and self.live and self.live <= self.waiting:
+            reason = self._stop()
+            if reason:
+                return _Grant(False, reason)
+            if self._paused():
+                return None
+            self.round_id += 1
+            self.members, self.reported, self.round_active = set(self.live), set(), True
+            self.granted_updates += 1
+            self.granted_samples += sum(self.pending_n[o] for o in self.members)
+            return self._grant_round(worker)
+        return None
+
+    def _grant_round(self, worker: int) -> _Grant:
+        self.last_round[worker] = self.round_id
+        self.waiting.discard(worker)
+        self.inflight[worker] = self.unapplied[worker] = self.pending_n[worker]
+        live_clocks = [self.clock[o] for o in self.live]
+        return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks),
+                      members=sorted(self.members))
+
+    def _check_checkpoint(self) -> None:
+        if self.ckpt_ready or not self.ckpt_every or not self._paused():
+            return
+        quiet = (not self.round_active) if self.sync else all(n is None for n in self.inflight)
+        if quiet:
+            self.ckpt_ready = True
+            self._attention.set()
+
+    def _event(self, what: str, worker: int, **extra: Any) -> None:
+        self.events.append({"event": what, "worker": worker, "t": time.time(),
+                            "version": self.applied_updates, **extra})
+        if self._attention is not None:
+            self._attention.set()
+
+    # ------------------------------------------------------------ driver calls
+
+    async def worker_failed(self, worker: int) -> bool:
+        """The driver saw worker die: release its grant, stop waiting for it.
+
+        Returns whether it was live (False: it died again before rejoining).
+        """
+        async with self.cond:
+            was_live = worker in self.live
+            self.generation[worker] += 1
+            self.live.discard(worker)
+            self.waiting.discard(worker)
+            self._release(worker, lost=True)
+            if self.sync and self.round_active and worker in self.members and worker not in self.reported:
+                self.members.discard(worker)
+                if not self.members:
+                    self.granted_updates -= 1
+                    self.round_active = False
+                self._maybe_end_round()
+            self._check_checkpoint()
+            self.cond.notify_all()
+            return was_live
+
+    async def wait_event(self, timeout: float) -> dict[str, Any]:
+        """Return the status when something needs the driver, or after ``timeout`` seconds."""
+        self.cond  # noqa: B018 - creates the primitives in this loop
+        try:
+            await asyncio.wait_for(self._attention.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._attention.clear()
+        return self.status()
+
+    async def checkpoint_done(self) -> None:
+        async with self.cond:
+            self.ckpt_ready = False
+            while self.ckpt_every and self.next_ckpt <= self.applied_updates:
+                self.next_ckpt += self.ckpt_every
+            self._check_checkpoint()
+            self.cond.notify_all()
+
+    async def request_stop(self, reason: str) -> None:
+        async with self.cond:
+            self.stop_reason = self.stop_reason or reason
+            self.cond.notify_all()
+
+    def status(self) -> dict[str, Any]:
+        events, self.events = self.events, []
+        probes, self.probes = self.probes, []
+        return {"events": events, "probes": probes, "probe_pushes": self.probe_pushes, "pids": list(self.pids),
+                "lost_gradients": list(self.lost),
+                "checkpoint_ready": self.ckpt_ready, "stop_reason": self._stop(),
+                "diverged": self.diverged, "refused": list(self.refused), "wait_s": list(self.wait_s),
+                "live": sorted(self.live), "finished": sorted(self.finished), "updates": self.applied_updates,
+                "samples": self.applied_samples, "clock": list(self.clock)}
+
+    async def coordinator_state(self) -> dict[str, Any]:
+        return {"updates": self.applied_updates, "samples": self.applied_samples, "clock": list(self.clock),
+                "refused": list(self.refused), "wait_s": list(self.wait_s), "lost_gradients": list(self.lost),
+                "probe_pushes": self.probe_pushes}

@@ -1,0 +1,195 @@
+"""A worker actor: a model, the training set (zero-copy from the object store) and the gradient loop."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import ray
+import torch
+
+from ...compute.flat import FlatModel, _views
+from ...compute.models import seeded_model
+from ...compute.worker import BatchStream, compute_gradient, gradient_key
+from ...config import ConfigError, TrainConfig
+from ...core.kernels import all_finite
+from ...core.rules import make_rule
+from ...core.server import NonFiniteUpdate, PushRejected
+from ...engine.probe import compensation_metrics, effective_lam
+from ...engine.speeds import emulated_pause, emulated_slowdowns
+from .shard import _readonly_tensor
+from .transport import pull_all, push_all
+
+
+def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
+    """Move a FlatModel's flat buffers to ``device`` and re-point parameters, grads and buffers at them."""
+    params = [p for p in flat.module.parameters() if p.requires_grad]
+    # copy=True: new buffers even for the same device, so the re-pointing below is exercised on CPU too
+    flat.params, flat.grads = flat.params.to(device, copy=True), flat.grads.to(device, copy=True)
+    for p, view, gview in zip(params, _views(flat.params, params), _views(flat.grads, params)):
+        p.data = view
+        p.grad = gview
+    owners = flat._buffer_owners
+    old = [getattr(mod, name) for mod, name in owners]
+    flat.buffers = flat.buffers.to(device, copy=True)
+    for (mod, name), view in zip(owners, _views(flat.buffers, old)):
+        setattr(mod, name, view)
+    flat.module.to(device)                                       # integer buffers (num_batches_tracked)
+    return flat
+
+
+class RayWorker:
+    """Worker m: a model, the training set (zero-copy from the object store) and the gradient loop.
+
+    ``task`` is ``(model_fn, loss_fn)``: the run's model factory (called here,
+    seeded by the run's seed; the weights then come from the server) and loss.
+
+    Emulated speeds (``--speeds``, ``--hetero-sigma``, ``--stragglers``): with
+    ``k = speed[m] / min(speed)`` from :func:`dcasgd.engine.speeds.worker_speeds`, the
+    worker sleeps ``(k - 1) * t`` after each round trip (pull, gradient, push)
+    that kept it busy ``t`` seconds, so its round trips take about k times as
+    long as they would (waits for the coordinator are not stretched).
+
+    ``hooks`` (tests only): ``compute_delay_s`` sleeps after each gradient (a
+    slow worker), ``push_pause_s`` sleeps after the push is sent and before
+    its answer is read (a window in which to kill the process mid-push;
+    ``push_pause_mark`` names a file that says "pid seq" during that sleep).
+    """
+
+    def __init__(self, index: int, cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray,
+                 task: tuple[Callable[[], torch.nn.Module], Callable], shards: list[Any],
+                 ranges: list[tuple[int, int]], coordinator: Any, hooks: dict[str, Any] | None = None) -> None:
+        torch.set_num_threads(1)
+        self.index, self.cfg = index, cfg
+        self.hooks = dict(hooks or {})
+        self.slowdown = emulated_slowdowns(cfg)[index]
+        self.shards, self.ranges, self.coord = shards, ranges, coordinator
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device 'cuda': worker {index} sees no CUDA device (torch.cuda.is_available() "
+                              f"is False on {os.uname().nodename})")
+        self.device = torch.device(cfg.device)
+        self.x, self.y = _readonly_tensor(train_x), _readonly_tensor(train_y)
+        model_fn, self.loss_fn = task
+        self.flat = FlatModel(seeded_model(model_fn, cfg.seed))
+        if self.device.type != "cpu":
+            _flat_to_device(self.flat, self.device)
+        # pulled weights land in the model's own flat parameters on CPU (then loading them is free)
+        self.weights = self.flat.params if self.device.type == "cpu" else torch.zeros(self.flat.num_params)
+        self.buffers = torch.zeros(self.flat.buffers.numel())
+        self.stream = BatchStream(len(self.y), index, cfg.workers, cfg.batch_size, cfg.seed)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self) -> dict[str, Any]:
+        """Pull, compute, push until the coordinator says stop; returns this worker's tallies."""
+        m, cfg = self.index, self.cfg
+        seq = max(ray.get([s.join.remote(m) for s in self.shards]))    # continue after the last applied seq
+        generation = ray.get(self.coord.worker_join.remote(m, os.getpid()))["generation"]
+        report, gradients = None, 0
+        w_np = self.weights.numpy()
+        while True:
+            batch = self.stream.next()
+            grant = ray.get(self.coord.next.remote(m, generation, report, int(batch.numel())))
+            if not grant["go"]:
+                return {"worker": m, "gradients": gradients, "reason": grant["reason"]}
+            t_pull, granted = time.time(), time.perf_counter()
+            base, buffers = pull_all(self.shards, self.ranges, m, w_np)
+            if buffers is not None and buffers.size == self.buffers.numel():
+                self.buffers.copy_(torch.from_numpy(buffers))
+            x, y = self.x.index_select(0, batch), self.y.index_select(0, batch)   # (5x x[batch])
+            key = gradient_key(cfg.seed, m, grant["clock"])
+            started = time.perf_counter()
+            if self.device.type != "cpu":
+                x, y = x.to(self.device), y.to(self.device)
+            result = compute_gradient(self.flat, self.weights, self.buffers, x, y, key, loss_fn=self.loss_fn)
+            grad = result.grad.cpu()
+            if self.hooks.get("compute_delay_s"):
+                time.sleep(self.hooks["compute_delay_s"])
+            duration = time.perf_counter() - started
+            seq += 1
+            now = self._pull_now() if grant.get("probe") else None      # the weights this push will meet
+            report = self._push(seq, base, grad, result.buffers.cpu(), result.loss, int(batch.numel()), {
+                "t_pull": t_pull, "t_push": time.time(), "duration_s": max(duration, 1e-9),
+                "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"],
+                **({"probe": True} if now is not None else {})},
+                grant["members"] or None)
+            gradients += bool(report["applied"])
+            if now is not None and report["applied"]:
+                report["probe"] = self._probe(now, base, grad, x, y, key, report["version"])
+            if self.slowdown > 1:                                     # an emulated slow worker
+                time.sleep(emulated_pause(self.slowdown, time.perf_counter() - granted))
+
+    def _push(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, loss: float,
+              n: int, meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
+        g = grad.numpy()
+        bad = [] if all_finite(grad) else [
+            k for k, (start, end) in enumerate(self.ranges) if not np.isfinite(g[start:end]).all()]
+        if bad:
+            # the server refuses non-finite values: send only the slices that have them, so no shard
+            # applies part of a gradient another shard refused
+            for k in bad:
+                start, end = self.ranges[k]
+                try:
+                    ray.get(self.shards[k].push.remote(self.index, seq, base[k], g[start:end], n))
+                except PushRejected:
+                    pass
+            return {"applied": False, "nonfinite": True, "loss": loss}
+        try:
+            versions = push_all(self.shards, self.ranges, self.index, seq, base, g, n, meta,
+                                buffers.numpy() if buffers.numel() else None, members,
+                                after_send=self._push_pause(seq) if self.hooks.get("push_pause_s") else None)
+        except NonFiniteUpdate as exc:       # the update would overflow: the model diverged
+            return {"applied": False, "nonfinite": True, "error": str(exc), "loss": loss}
+        except PushRejected as exc:
+            return {"applied": False, "error": str(exc), "loss": loss}
+        return {"applied": True, "loss": loss, "version": versions[0]}
+
+    def _push_pause(self, seq: int) -> Callable[[], None]:
+        """Test hook: sleep ``push_pause_s`` with the push sent and unanswered; while asleep the
+        file ``push_pause_mark`` (if given) holds "pid seq", so a test can kill the process mid-push."""
+        def pause() -> None:
+            mark = self.hooks.get("push_pause_mark")
+            if mark:
+                Path(mark).write_text(f"{os.getpid()} {seq}", encoding="ascii")
+            time.sleep(float(self.hooks["push_pause_s"]))
+            if mark:
+                Path(mark).unlink(missing_ok=True)
+        return pause
+
+    # ------------------------------------------------------------ compensation probe (--probe-every)
+
+    def _pull_now(self) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """The server's current weights (no backup recorded), version and MeanSquare state, just before a push."""
+        results = ray.get([s.probe_weights.remote(self.index) for s in self.shards])
+        weights = torch.from_numpy(np.concatenate([r[0] for r in results]))
+        rows = [r[2] for r in results]
+        ms = None if rows[0] is None else torch.from_numpy(np.concatenate(rows))
+        return weights, int(results[0][1]), ms
+
+    def _probe(self, now: tuple[torch.Tensor, int, torch.Tensor | None], base: list[int], grad: torch.Tensor,
+               x: torch.Tensor, y: torch.Tensor, key: int, version: int) -> dict[str, Any]:
+        """One :mod:`dcasgd.probe` record for the gradient just pushed (measured after the push).
+
+        ``w_now`` is what the shards held right before the push was sent; other
+        workers' pushes may land in between, so ``staleness`` here is
+        ``version of w_now - base_version`` and ``push_staleness`` the staleness the
+        push was applied with.  ``lam_eff`` (dc-asgd-a) comes from the MeanSquare row
+        read together with ``w_now``, updated with this gradient on a copy, as in
+        the simulator (:func:`dcasgd.probe.effective_lam`).
+        """
+        weights_now, version_now, ms = now
+        rule = make_rule(self.cfg.rule, **self.cfg.rule_params())
+        state = {"mean_square": ms[None]} if ms is not None else {}
+        lam_eff, lam, form = effective_lam(rule, state, grad, 0)
+        dev = self.device
+        if isinstance(lam_eff, torch.Tensor):
+            lam_eff = lam_eff.to(dev)
+        metrics = compensation_metrics(self.flat, self.weights.clone().to(dev), weights_now.to(dev),
+                                       self.buffers.to(dev), x, y, key, grad.clone().to(dev), lam_eff, self.loss_fn)
+        return {"version": version, "worker": self.index, "staleness": version_now - base[0],
+                "push_staleness": version - 1 - base[0], "version_now": version_now, **metrics,
+                "lam": lam, "lam_form": form}
