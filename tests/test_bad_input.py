@@ -34,8 +34,8 @@ def check_refused(tmp_path, args, message):
 @pytest.mark.parametrize("args, message", [
     (["--rule", "adagrad"], "invalid choice"),
     (["--consistency", "bsp"], "unknown consistency"),
-    (["--model", "vgg16"], "invalid choice"),
-    (["--dataset", "imagenet"], "invalid choice"),
+    (["--model", "vgg16"], "model: unknown value 'vgg16'"),
+    (["--dataset", "imagenet"], "dataset: unknown value 'imagenet'"),
     (["--workers", "-2"], "workers must be an integer >= 1"),
     (["--batch-size", "0"], "batch_size must be an integer >= 1"),
     (["--epochs", "0"], "epochs must be a finite number > 0"),

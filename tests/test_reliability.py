@@ -143,7 +143,7 @@ def test_the_readme_stop_and_resume_cycle(tmp_path):
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
     first = run_cli("train", *TINY, "--checkpoint-every", "5", "--stop-after-updates", "12", "--out", str(stopped))
     assert first.returncode == 0, first.stderr
-    assert f"stopped after 12 updates as asked" in first.stdout
+    assert "stopped after 12 updates as asked" in first.stdout
     assert f"continue with: dcasgd train --resume {stopped}" in first.stdout
     second = run_cli("train", "--resume", str(stopped))
     assert second.returncode == 0, second.stderr
