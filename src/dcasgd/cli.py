@@ -114,7 +114,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="no live progress line")
     h = p.add_argument_group("update rule")
     h.add_argument("--lr", type=float, default=S, help=f"learning rate (default {d.lr:g})")
-    h.add_argument("--momentum", type=float, default=S, help="heavy-ball momentum in [0, 1) (default 0)")
+    h.add_argument("--momentum", type=float, default=S,
+                   help="heavy-ball momentum in [0, 1), for every rule (dana: each worker's own; default 0)")
     h.add_argument("--wd", type=float, default=S, help="weight decay (default 0)")
     h.add_argument("--lam", type=float, default=S, help=f"dc-asgd-c: lambda (default {d.lam:g})")
     h.add_argument("--lam0", type=float, default=S, help=f"dc-asgd-a: lambda_0 (default {d.lam0:g})")
@@ -122,6 +123,15 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     h.add_argument("--eps", type=float, default=S, help=f"dc-asgd-a: epsilon (default {d.eps:g})")
     h.add_argument("--per-worker-ms", action="store_true", default=S,
                    help="dc-asgd-a: one MeanSquare buffer per worker (Multiverso) instead of one global")
+    h.add_argument("--tau-c", type=int, default=S,
+                   help="delay-adaptive: the concurrency tau_c; gradients staler than it get lr * tau_c / tau "
+                        "(default 0: the number of workers)")
+    h.add_argument("--delay-drop", action="store_true", default=S,
+                   help="delay-adaptive: drop gradients staler than tau_c instead of scaling their step")
+    h.add_argument("--ga-beta", type=float, default=S,
+                   help=f"gap-aware: decay of the moving mean of squared steps (default {d.ga_beta:g})")
+    h.add_argument("--adadelay-c", type=float, default=S,
+                   help=f"adadelay: scale c of the delay term lr*c*sqrt(S/t)*sqrt(t+tau) (default {d.adadelay_c:g})")
     h.add_argument("--backup-dtype", choices=BACKUP_DTYPES, default=S,
                    help="dtype of the per-worker weight backups on the server (default float32)")
     h.add_argument("--lr-schedule", choices=SCHEDULES, default=S, help=f"(default {d.lr_schedule})")
@@ -288,7 +298,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_GRID_FLAGS = ("methods", "workers", "seeds", "lr_grid", "lam0_grid", "ssp_bound")
+_GRID_FLAGS = ("methods", "workers", "seeds", "lr_grid", "lam0_grid", "ssp_bound", "protocols", "momenta")
 
 
 def _ints(text: str) -> list[int]:
@@ -310,11 +320,12 @@ def _names(text: str) -> list[str]:
 
 
 COMPARE_HELP = """Run the paper's comparison as a resumable grid of simulated (or Ray) runs under OUT/:
-lr/ (learning rates chosen on a validation split), final/ (every method x workers x seed at
-its chosen lr, test error) and lambda/ (the DC-ASGD-a lam0 sweep).  Finished runs are reused
-when their recorded settings match; stale ones are moved to OUT/stale/ and run again.
-OUT belongs to one study: a compare of other base settings into it is refused (--overwrite
-replaces it)."""
+lr/ (learning rates chosen on a validation split), final/ (every cluster x protocol x momentum
+group, method x workers x seed, test error) and lambda/ (the DC-ASGD-a lam0 sweep).  Protocols:
+tuned (each method's own lr) and paper (sequential SGD's lr for every method).  Clusters
+(homogeneous, lognormal speeds, stragglers) come from the preset's [compare.clusters] table.
+Finished runs are reused when their recorded settings match; stale ones are moved to
+OUT/stale/ and run again.  OUT must not hold a single training run (--overwrite removes it)."""
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -335,6 +346,11 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lam0-grid", dest="grid_lam0_grid", type=_float_list, default=None,
                    help="lam0 values for the DC-ASGD-a M=8 sweep (lambda.png)")
     p.add_argument("--ssp-bound", dest="grid_ssp_bound", type=int, default=None, help="S of the ssp method")
+    p.add_argument("--protocols", dest="grid_protocols", type=_names, default=None,
+                   help="tuned (each method's own lr), paper (sequential SGD's lr for every method), or both "
+                        "(default tuned, or the preset's)")
+    p.add_argument("--momenta", dest="grid_momenta", type=_float_list, default=None, metavar="MU1,MU2",
+                   help="momentum values, one group each (default 0, or the preset's)")
     add_train_flags(p)
     p.set_defaults(func=cmd_compare)
 

@@ -82,6 +82,10 @@ class TrainConfig:
     m: float = RULE_DEFAULTS["m"]
     eps: float = RULE_DEFAULTS["eps"]
     per_worker_ms: bool = RULE_DEFAULTS["per_worker_ms"]
+    tau_c: int = RULE_DEFAULTS["tau_c"]              # delay-adaptive: concurrency (0 = the number of workers)
+    delay_drop: bool = RULE_DEFAULTS["delay_drop"]   # delay-adaptive: drop gradients staler than tau_c
+    ga_beta: float = RULE_DEFAULTS["ga_beta"]        # gap-aware: decay of the moving mean of squared steps
+    adadelay_c: float = RULE_DEFAULTS["adadelay_c"]  # adadelay: scale of the delay-dependent term
     backup_dtype: str = "float32"
     # learning-rate schedule
     lr_schedule: str = "cosine"
@@ -116,8 +120,8 @@ class TrainConfig:
     device: str = "cpu"
 
     def rule_params(self) -> dict[str, Any]:
-        return {"momentum": self.momentum, "wd": self.wd, "lam": self.lam, "lam0": self.lam0,
-                "m": self.m, "eps": self.eps, "per_worker_ms": self.per_worker_ms}
+        """The rule's hyperparameters (every key of :data:`dcasgd.names.RULE_DEFAULTS`)."""
+        return {name: getattr(self, name) for name in RULE_DEFAULTS}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -145,7 +149,7 @@ class TrainConfig:
         for name in ("workers", "batch_size", "servers", "keep_checkpoints"):
             _positive_int(name, getattr(self, name))
         for name in ("val_size", "probe_every", "checkpoint_every", "max_refused", "worker_restarts",
-                     "stop_after_updates"):
+                     "stop_after_updates", "tau_c"):
             _nonneg_int(name, getattr(self, name))
         _nonneg_int("seed", self.seed)
         if self.seed > MAX_SEED:
@@ -159,9 +163,10 @@ class TrainConfig:
         _positive("eval_every", self.eval_every)
         _positive("base_time", self.base_time)
         _positive("eps", self.eps)
-        for name in ("wd", "lam", "lam0", "jitter", "comm_time", "hetero_sigma", "warmup_epochs", "clip_norm"):
+        for name in ("wd", "lam", "lam0", "jitter", "comm_time", "hetero_sigma", "warmup_epochs", "clip_norm",
+                     "adadelay_c"):
             _nonneg(name, getattr(self, name))
-        for name in ("momentum", "m"):
+        for name in ("momentum", "m", "ga_beta"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
@@ -234,7 +239,7 @@ class TrainConfig:
 _STR_FIELDS = ("backend", "rule", "consistency", "dataset", "model", "loss", "metric", "eval_split",
                "backup_dtype", "lr_schedule", "device")
 _OPTIONAL_STR_FIELDS = ("out", "data_root", "replay", "tensorboard", "resume", "address")
-_BOOL_FIELDS = ("per_worker_ms", "progress", "overwrite")
+_BOOL_FIELDS = ("per_worker_ms", "progress", "overwrite", "delay_drop")
 _ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
 
 

@@ -42,6 +42,7 @@ import torch
 from ..errors import InputError
 
 from . import kernels
+from ..names import RULE_DEFAULTS
 from .rules import DEFAULT_HYPER, Rule, RuleError, make_rule
 
 STATE_FORMAT = "dcasgd.server/1"
@@ -87,7 +88,7 @@ class ServerCore:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if backup_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"backup_dtype must be float32 or bfloat16, got {backup_dtype}")
-        self.rule: Rule = make_rule(rule, **rule_params)
+        self.rule: Rule = make_rule(rule, **rule_params).resolved(num_workers)
         self.lr = lr
         self.num_workers = num_workers
         self.offset = offset
@@ -139,11 +140,15 @@ class ServerCore:
         copy or serialise them before the next push (the Ray shard does).
         """
         worker = self._check_worker(worker)
+        ahead = self.rule.pull(self.weights, self.state, self.lr)        # dana: a look-ahead, else None
+        sent = self.weights if ahead is None else ahead
         if self.backups is not None:
-            self.backups[worker].copy_(self.weights)
+            self.backups[worker].copy_(sent)
             # bfloat16 rounds each element by at most 2**-8 of itself
-            self._backup_norm[worker] = self._w_norm * (1.0 + 2.0**-8)
+            self._backup_norm[worker] = (self._w_norm if ahead is None else _norm(ahead)) * (1.0 + 2.0**-8)
         self.backup_version[worker] = self.version
+        if ahead is not None:
+            return ahead, self.version
         return (self.weights.clone() if copy else self.weights), self.version
 
     def validate(self, worker: int, grad: torch.Tensor, base_version: int) -> None:
@@ -162,7 +167,7 @@ class ServerCore:
         if step is not None:
             self.rule.apply_(self.weights, grad, backup, staleness, self.lr, self.state, worker)
             self._w_norm += lr * step
-            if self._w_norm > NORM_REMEASURE or self._buf_norm > NORM_REMEASURE:
+            if max(self._w_norm, self._buf_norm, self._state_norm) > NORM_REMEASURE:
                 self._measure_norms()
         else:
             self._apply_guarded(worker, grad, backup, staleness, g_norm)
@@ -179,10 +184,14 @@ class ServerCore:
         """
         backup_norm = self._backup_norm[worker] if self.backups is not None else 0.0
         for attempt in range(2):
-            peak, _, buffer = self.rule.bounds(g_norm * _G_SAFETY, self._w_norm, backup_norm, self._buf_norm)
+            peak, buffer, state_after = self.rule.bounds(g_norm * _G_SAFETY, self._w_norm, backup_norm,
+                                                         self._buf_norm, self._state_norm)
             if peak < NORM_LIMIT and self._w_norm + self.lr * buffer < NORM_LIMIT:   # (rules only lower lr)
-                if self.rule.momentum > 0:
+                if self.rule.shared_momentum:
                     self._buf_norm = buffer
+                elif self.rule.name == "dana":
+                    self._buf_norm = max(self._buf_norm, buffer)
+                self._state_norm = state_after
                 return buffer
             if attempt == 0:                         # loose bounds: measure them, then try once more
                 self._measure_norms()
@@ -209,10 +218,14 @@ class ServerCore:
                               f"the model diverged")
 
     def _measure_norms(self) -> None:
-        """Exact L2 norms of the weights and momentum buffer (the bounds the proofs start from)."""
+        """Exact L2 norms of the weights, the momentum buffer(s) and the rest of the rule state
+        (the bounds the proofs start from)."""
         self._w_norm = _norm(self.weights)
-        buf = self.state.get("momentum_buffer")
+        buf = self.state.get("momentum_buffer", self.state.get("momenta"))
         self._buf_norm = _norm(buf) if buf is not None else 0.0
+        accumulated = [_norm(t) for k, t in self.state.items()
+                       if t.is_floating_point() and k not in ("scratch", "momentum_buffer", "momenta")]
+        self._state_norm = max(accumulated, default=0.0)
         if not hasattr(self, "_backup_norm"):
             self._backup_norm = [0.0] * self.num_workers
 
@@ -313,8 +326,7 @@ class ServerCore:
         return {
             "format": STATE_FORMAT,
             "rule": self.rule.name,
-            "hyper": {k: getattr(self.rule, k) for k in ("momentum", "wd", "lam", "lam0", "m", "eps",
-                                                          "per_worker_ms")},
+            "hyper": {k: getattr(self.rule, k) for k in RULE_DEFAULTS},
             "lr": self.lr,
             "num_workers": self.num_workers,
             "offset": self.offset,

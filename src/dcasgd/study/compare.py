@@ -1,35 +1,56 @@
-"""``dcasgd compare`` and ``dcasgd report``: the paper's comparison as a resumable grid.
+"""``dcasgd compare``: the paper's comparison as a resumable grid of runs.
 
-compare runs, under ``OUT/``:
+A study runs methods x worker counts x seeds in one or more **groups**: a
+cluster (named timing settings, e.g. homogeneous workers or lognormal speeds),
+a protocol, and a momentum.  Under ``OUT/``:
 
-1. ``lr/<method>-M<M>-lr<lr>``: learning-rate selection as the paper did
-   (grid search) but on a validation split held out from the training set
-   (``val_size`` samples, default 5000), first seed only; the lr with the
-   lowest final validation error wins for each (method, M);
-2. ``final/<method>-M<M>-s<seed>``: every (method, M, seed) at its chosen lr,
-   same held-out split, measured on the test set;
-3. ``lambda/lam0-<v>``: DC-ASGD-a at M=8 over ``lam0_grid`` (test set, first
+1. ``lr/<cluster>-mom<mu>/<method>-M<M>-lr<lr>``: learning-rate selection on
+   a validation split held out from the training set (``val_size`` samples),
+   first seed only; the lr with the lowest final validation error wins;
+2. ``final/<cluster>-<protocol>-mom<mu>/<method>-M<M>-s<seed>``: every method,
+   M and seed at its learning rate, measured on the test set;
+3. ``lambda/<group>/lam0-<v>``: DC-ASGD-a over ``lam0_grid`` at M =
+   ``lambda_workers`` in the group ``lambda_group`` (default the first; first
    seed), the analog of the paper's supplementary Figure 5.
 
-A run whose ``summary.json`` exists and records the configuration its job
-asks for is skipped, so an interrupted compare resumes.  A finished run whose
-recorded configuration differs (the grid or a setting changed since: a widened
-``lr_grid`` changes the chosen lr of a ``final`` run) is stale: it is moved to
-``OUT/stale/`` and run again, never reused and never deleted.
+**Protocols** (``protocols``):
+
+- ``tuned``: each (method, M) gets its own learning rate from ``lr_grid``.
+- ``paper``: one learning-rate schedule for every method, as Zheng et al.
+  (2017) did: the lr sequential SGD chooses on the validation split, used
+  for every method and M; SSGD, which averages M gradients into one update,
+  takes M times it (the linear scaling rule; ``ssgd_lr_scale = "none"`` keeps
+  it).  Tuning lets an asynchronous method retreat to a learning rate so
+  small that delay stops mattering; the paper protocol does not.
+
+**Momentum** (``momenta``): each value is a group; the lr grid is scaled by
+``1 - momentum`` for it, so the effective step ``lr / (1 - momentum)`` covers
+the same range.  **Clusters** (``clusters``): a table of names to settings
+(``hetero_sigma``, ``stragglers``, ``jitter``, ...) applied to every run of
+the group; the default is one ``homogeneous`` cluster with no extra settings.
+
+A run whose ``summary.json`` records the configuration its job asks for is
+skipped, so an interrupted compare resumes.  A finished run whose recorded
+configuration differs (the grid or a setting changed since) is stale: it is
+moved to ``OUT/stale/`` and run again, never reused and never deleted.
 ``OUT/compare.json`` records the grid, the chosen learning rates, the command
 line and the git commit.  The methods:
 
-============  =====================  =========================
-method        rule                   consistency
-============  =====================  =========================
-sequential    sgd (M = 1 only)       async
-ssgd          sgd                    sync
-asgd          sgd                    async
-ssp           sgd                    ssp:S (``ssp_bound``)
-staleness     staleness              async
-dc-asgd-c     dc-asgd-c              async
-dc-asgd-a     dc-asgd-a              async
-============  =====================  =========================
+==============  =====================  =========================
+method          rule                   consistency
+==============  =====================  =========================
+sequential      sgd (M = 1 only)       async
+ssgd            sgd                    sync
+asgd            sgd                    async
+ssp             sgd                    ssp:S (``ssp_bound``)
+staleness       staleness              async
+delay-adaptive  delay-adaptive         async
+gap-aware       gap-aware              async
+adadelay        adadelay               async
+dana            dana                   async
+dc-asgd-c       dc-asgd-c              async
+dc-asgd-a       dc-asgd-a              async
+==============  =====================  =========================
 """
 
 from __future__ import annotations
@@ -45,20 +66,23 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RUN_INVARIANT, ConfigError, TrainConfig
-from ..io.rundir import run_files
 from ..io.atomic import atomic_write_text
+from ..io.rundir import run_files
 
-METHODS = ("sequential", "ssgd", "asgd", "ssp", "staleness", "dc-asgd-c", "dc-asgd-a")
+ASYNC_RULES = ("staleness", "delay-adaptive", "gap-aware", "adadelay", "dana", "dc-asgd-c", "dc-asgd-a")
+METHODS = ("sequential", "ssgd", "asgd", "ssp") + ASYNC_RULES
+PROTOCOLS = ("tuned", "paper")
 DEFAULT_GRID = {"methods": list(METHODS), "workers": [1, 4, 8, 16, 32], "seeds": [0, 1, 2],
                 "lr_grid": [0.05, 0.1, 0.2], "ssp_bound": 2, "val_size": 5000,
-                "lam0_grid": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]}
+                "lam0_grid": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0], "lambda_workers": 8,
+                "protocols": ["tuned"], "momenta": [0.0], "clusters": {"homogeneous": {}},
+                "ssgd_lr_scale": "linear"}
 
 
 def method_settings(method: str, ssp_bound: int) -> dict[str, str]:
     """(rule, consistency) of a method name."""
     table = {"sequential": ("sgd", "async"), "ssgd": ("sgd", "sync"), "asgd": ("sgd", "async"),
-             "ssp": ("sgd", f"ssp:{ssp_bound}"), "staleness": ("staleness", "async"),
-             "dc-asgd-c": ("dc-asgd-c", "async"), "dc-asgd-a": ("dc-asgd-a", "async")}
+             "ssp": ("sgd", f"ssp:{ssp_bound}"), **{rule: (rule, "async") for rule in ASYNC_RULES}}
     if method not in table:
         raise ConfigError(f"method: unknown value {method!r}; allowed: {', '.join(METHODS)}")
     rule, consistency = table[method]
@@ -70,7 +94,7 @@ def method_of(config: dict[str, Any]) -> str:
     rule, consistency, workers = config["rule"], config["consistency"], config["workers"]
     if workers == 1 and rule == "sgd":
         return "sequential"
-    if rule in ("staleness", "dc-asgd-c", "dc-asgd-a"):
+    if rule in ASYNC_RULES:
         return rule
     if consistency == "sync":
         return "ssgd"
@@ -78,8 +102,31 @@ def method_of(config: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Group:
+    """One cell of the study's outer grid: a cluster, a protocol and a momentum."""
+
+    cluster: str
+    protocol: str
+    momentum: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.cluster}-{self.protocol}-mom{_fmt(self.momentum)}"
+
+    @property
+    def lr_name(self) -> str:
+        """The lr-selection runs depend on the cluster and momentum, not the protocol."""
+        return f"{self.cluster}-mom{_fmt(self.momentum)}"
+
+
+def groups(grid: dict[str, Any]) -> list[Group]:
+    return [Group(c, p, float(m)) for c in grid["clusters"] for p in grid["protocols"] for m in grid["momenta"]]
+
+
+@dataclass(frozen=True)
 class Job:
     phase: str            # "lr", "final" or "lambda"
+    group: Group
     method: str
     workers: int
     seed: int
@@ -91,39 +138,93 @@ class Job:
         # overwrite: a job's directory belongs to this study; an interrupted run left there is redone
         fields = dict(method_settings(self.method, grid["ssp_bound"]), workers=self.workers, seed=self.seed,
                       lr=self.lr, out=str(self.out), overwrite=True, val_size=grid["val_size"], progress=False,
-                      eval_split="val" if self.phase == "lr" else "test")
+                      eval_split="val" if self.phase == "lr" else "test", momentum=self.group.momentum)
+        fields.update(cluster_settings(grid, self.group.cluster, self.workers))
         fields.update(dict(self.extra))
         return replace(base, **fields).validate()
+
+
+def cluster_settings(grid: dict[str, Any], cluster: str, workers: int) -> dict[str, Any]:
+    """The TrainConfig fields of a named cluster for a run of ``workers`` workers (stragglers that
+    run has: worker 3 is not slowed in a run of one worker)."""
+    settings = dict(grid["clusters"][cluster])
+    if "stragglers" in settings:
+        settings["stragglers"] = {int(k): float(v) for k, v in settings["stragglers"].items() if int(k) < workers}
+    for key in ("speeds", "lr_milestones"):
+        if key in settings:
+            settings[key] = tuple(settings[key])
+    return settings
 
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def plan(base: TrainConfig, grid: dict[str, Any], out: Path, chosen: dict[tuple[str, int], float]) -> list[Job]:
+def pairs(grid: dict[str, Any]) -> list[tuple[str, int]]:
+    """(method, M) of the study: sequential at M = 1 only, every other method at the other Ms."""
+    return [(m, w) for m in grid["methods"] for w in grid["workers"] if (m == "sequential") == (w == 1)]
+
+
+def lr_grid(grid: dict[str, Any], momentum: float) -> list[float]:
+    """The learning rates searched at this momentum: ``lr_grid * (1 - momentum)``."""
+    return [round(lr * (1.0 - momentum), 12) for lr in grid["lr_grid"]]
+
+
+LrKey = tuple[str, str, int]          # (group.lr_name, method, M)
+
+
+def lr_jobs(grid: dict[str, Any], out: Path) -> list[Job]:
+    """Every lr-selection run the study needs (the paper protocol needs only sequential SGD's)."""
+    needed: dict[tuple[Group, str, int], None] = {}
+    for group in groups(grid):
+        lr_group = Group(group.cluster, "lr", group.momentum)
+        for method, workers in pairs(grid):
+            if group.protocol == "tuned" or method == "sequential":
+                needed[(lr_group, method, workers)] = None
+    return [Job("lr", g, m, w, grid["seeds"][0], lr, out / "lr" / g.lr_name / f"{m}-M{w}-lr{_fmt(lr)}")
+            for g, m, w in needed for lr in lr_grid(grid, g.momentum)]
+
+
+def learning_rate(grid: dict[str, Any], chosen: dict[LrKey, float], group: Group, method: str,
+                  workers: int) -> float | None:
+    """The lr of a final run: its own (tuned), or sequential SGD's for every method (paper)."""
+    if group.protocol == "tuned":
+        return chosen.get((group.lr_name, method, workers))
+    base = chosen.get((group.lr_name, "sequential", 1))
+    if base is None:
+        return None
+    return base * workers if method == "ssgd" and grid["ssgd_lr_scale"] == "linear" else base
+
+
+def plan(base: TrainConfig, grid: dict[str, Any], out: Path, chosen: dict[LrKey, float]) -> list[Job]:
     """Jobs of one phase: lr selection while ``chosen`` lacks entries, then final and lambda runs."""
-    pairs = [(m, w) for m in grid["methods"] for w in grid["workers"] if (m == "sequential") == (w == 1)]
-    missing = [(m, w) for m, w in pairs if (m, w) not in chosen]
+    missing = [job for job in lr_jobs(grid, out) if (job.group.lr_name, job.method, job.workers) not in chosen]
     if missing:
-        return [Job("lr", m, w, grid["seeds"][0], lr, out / "lr" / f"{m}-M{w}-lr{_fmt(lr)}")
-                for m, w in missing for lr in grid["lr_grid"]]
-    jobs = [Job("final", m, w, seed, chosen[(m, w)], out / "final" / f"{m}-M{w}-s{seed}")
-            for m, w in pairs for seed in grid["seeds"]]
-    if "dc-asgd-a" in grid["methods"] and 8 in grid["workers"] and grid.get("lam0_grid"):
-        jobs += [Job("lambda", "dc-asgd-a", 8, grid["seeds"][0], chosen[("dc-asgd-a", 8)],
-                     out / "lambda" / f"lam0-{_fmt(v)}", (("lam0", v),)) for v in grid["lam0_grid"]]
+        return missing
+    jobs = [Job("final", g, m, w, seed, learning_rate(grid, chosen, g, m, w), out / "final" / g.name /
+                f"{m}-M{w}-s{seed}") for g in groups(grid) for m, w in pairs(grid) for seed in grid["seeds"]]
+    named = [g for g in groups(grid) if g.name == grid.get("lambda_group")]
+    first, workers = (named or groups(grid))[0], grid.get("lambda_workers", 8)
+    if "dc-asgd-a" in grid["methods"] and workers in grid["workers"] and grid.get("lam0_grid"):
+        lr = learning_rate(grid, chosen, first, "dc-asgd-a", workers)
+        jobs += [Job("lambda", first, "dc-asgd-a", workers, grid["seeds"][0], lr,
+                     out / "lambda" / first.name / f"lam0-{_fmt(v)}", (("lam0", v),)) for v in grid["lam0_grid"]]
     return jobs
 
 
-def choose_learning_rates(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[tuple[str, int], float]:
-    """Best lr per (method, M) by final validation error, once all its lr-phase runs are current."""
-    best: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for job in plan(base, grid, out, {}):
+def choose_learning_rates(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[LrKey, float]:
+    """Best lr per (cluster and momentum, method, M) by final validation error, once all its lr runs are current.
+
+    A diverged run counts as the worst possible error; ties go to the smaller lr.
+    """
+    best: dict[LrKey, list[tuple[float, float]]] = {}
+    for job in lr_jobs(grid, out):
         summary = current_summary(job, base, grid)
         if summary is not None:
-            best.setdefault((job.method, job.workers), []).append((summary["final_test_error"], job.lr))
-    return {k: min(results)[1] for k, results in best.items()          # ties go to the smaller lr
-            if len(results) == len(grid["lr_grid"])}
+            error = summary["final_test_error"]
+            error = float("inf") if error is None or summary.get("diverged") else error
+            best.setdefault((job.group.lr_name, job.method, job.workers), []).append((error, job.lr))
+    return {k: min(results)[1] for k, results in best.items() if len(results) == len(grid["lr_grid"])}
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -161,10 +262,10 @@ def current_summary(job: Job, base: TrainConfig, grid: dict[str, Any]) -> dict[s
 
 def move_stale(job: Job, out: Path, differences: list[str]) -> Path:
     """Move a stale finished run to ``out/stale/<phase>/<name>[.k]``; returns where it went."""
-    target = out / "stale" / job.phase / job.out.name
-    k = 1
+    where = out / "stale" / job.out.parent.relative_to(out)
+    target, k = where / job.out.name, 1
     while target.exists():
-        target, k = out / "stale" / job.phase / f"{job.out.name}.{k}", k + 1
+        target, k = where / f"{job.out.name}.{k}", k + 1
     target.parent.mkdir(parents=True, exist_ok=True)
     job.out.rename(target)
     print(f"stale: {job.out} was run with other settings ({'; '.join(differences)}); "
@@ -198,9 +299,11 @@ class GridProgress:
         self.done += 1
         elapsed = time.perf_counter() - self.start
         eta = elapsed / self.done * (self.total - self.done) if not skipped else 0.0
-        what = "skipped (done before)" if skipped else f"error {summary['final_test_error']:.2f}%"
-        print(f"[{self.done}/{self.total}] {elapsed:6.0f}s eta {eta:5.0f}s  {job.phase:6s} {job.method:10s} "
-              f"M={job.workers:<3d} seed={job.seed} lr={_fmt(job.lr)}{dict(job.extra) or ''}: {what}", flush=True)
+        error = None if summary is None else summary["final_test_error"]
+        what = "skipped (done before)" if skipped else ("diverged" if error is None else f"error {error:.4g}")
+        print(f"[{self.done}/{self.total}] {elapsed:6.0f}s eta {eta:5.0f}s  {job.phase:6s} {job.group.name} "
+              f"{job.method:14s} M={job.workers:<3d} seed={job.seed} lr={_fmt(job.lr)}{dict(job.extra) or ''}: "
+              f"{what}", flush=True)
 
 
 def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int,
@@ -239,9 +342,8 @@ def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, thr
     threads = threads or max(1, (os.cpu_count() or 1) // n_jobs)
     _write_record(out, grid, {}, base, finished=False)
     chosen = choose_learning_rates(base, grid, out)
-    if len(grid["lr_grid"]) == 1:
-        chosen = {(m, w): grid["lr_grid"][0] for m in grid["methods"] for w in grid["workers"]
-                  if (m == "sequential") == (w == 1)}
+    if len(grid["lr_grid"]) == 1:                       # nothing to choose: no lr phase
+        chosen = {(job.group.lr_name, job.method, job.workers): job.lr for job in lr_jobs(grid, out)}
     for _ in range(2):                       # phase 1 (if needed), then phases 2 and 3
         jobs = plan(base, grid, out, chosen)
         run_jobs(jobs, base, grid, out, n_jobs, threads)
@@ -252,10 +354,10 @@ def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, thr
     return _write_record(out, grid, chosen, base, finished=True)
 
 
-def _write_record(out: Path, grid: dict[str, Any], chosen: dict[tuple[str, int], float], base: TrainConfig,
+def _write_record(out: Path, grid: dict[str, Any], chosen: dict[LrKey, float], base: TrainConfig,
                   finished: bool) -> dict[str, Any]:
     """OUT/compare.json: the grid, chosen learning rates, base settings, command and commit."""
-    record = {"grid": grid, "chosen_lr": {f"{m}@M{w}": lr for (m, w), lr in sorted(chosen.items())},
+    record = {"grid": grid, "chosen_lr": {f"{g}/{m}@M{w}": lr for (g, m, w), lr in sorted(chosen.items())},
               "command": "dcasgd " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
               "base_config": base.to_dict(), "finished": finished}
     atomic_write_text(out / "compare.json", json.dumps(record, indent=2) + "\n")
@@ -303,4 +405,22 @@ def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | No
             raise ConfigError(f"compare: learning rates must be finite numbers > 0, got {lr!r}")
     if grid["val_size"] < 1:
         raise ConfigError("compare needs val_size >= 1: learning rates are chosen on a validation split")
+    for protocol in grid["protocols"]:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"compare: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if "paper" in grid["protocols"] and "sequential" not in grid["methods"]:
+        raise ConfigError("compare: the paper protocol takes sequential SGD's lr: add the method sequential "
+                          "(and M = 1 to the workers)")
+    for momentum in grid["momenta"]:
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+            raise ConfigError(f"compare: momenta must be in [0, 1), got {momentum!r}")
+    if not isinstance(grid["clusters"], dict) or not grid["clusters"]:
+        raise ConfigError("compare: clusters must be a table of name -> settings, with at least one")
+    known = set(TrainConfig.__dataclass_fields__)
+    for name, settings in grid["clusters"].items():
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"compare: cluster {name!r} has unknown setting(s) {unknown}")
+    if grid["ssgd_lr_scale"] not in ("linear", "none"):
+        raise ConfigError(f"compare: ssgd_lr_scale must be linear or none, got {grid['ssgd_lr_scale']!r}")
     return grid
