@@ -64,6 +64,17 @@ class FlatModel:
     def num_params(self) -> int:
         return self.params.numel()
 
+    def rebind(self, params: torch.Tensor, grads: torch.Tensor) -> None:
+        """Move the parameters and gradients into ``params`` and ``grads`` (flat float32 tensors of
+        :attr:`num_params` elements: shared memory, another device), keeping their values."""
+        params.copy_(self.params)
+        grads.copy_(self.grads)
+        self.params, self.grads = params, grads
+        tensors = [p for p in self.module.parameters() if p.requires_grad]
+        for p, view, gview in zip(tensors, _views(self.params, tensors), _views(self.grads, tensors)):
+            p.data = view
+            p.grad = gview
+
     def load(self, weights: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
         """Set the module's parameters (and float buffers) from flat tensors."""
         self.params.copy_(weights)

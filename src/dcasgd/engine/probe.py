@@ -17,9 +17,9 @@ dc-asgd-a ``lam_eff = lam0 / sqrt(ms + eps)`` with ``ms`` in [L^2/w^2], so
 ``fisher_to_gg`` and ``lamstar_taylor`` is a pure number; ``delta_norm =
 ||v||`` is [w] and ``grad_norm = ||g_now||`` [L/w].
 
-The estimates (``*`` and ``⊙`` elementwise, ``.`` the dot product over all P weights)
-----------------------------------------------------------------------------
-::
+The estimates
+-------------
+``*`` and ``⊙`` are elementwise, ``.`` the dot product over all P weights::
 
     delayed  g                                        what plain ASGD applies
     dc       g + lam_eff ⊙ (g*g*v)                     DC-ASGD: diag(lam g g^T) ~ H     O(P)
@@ -77,13 +77,16 @@ so ``lamstar_dc`` and ``lamstar_rank1`` are directly comparable with the
 run's ``lam`` ([1/L]; for dc-asgd-a: the best scalar in place of ``lam0``,
 [1/w]) and ``lamscale_dc = lamstar_dc / lam`` (likewise rank1) is the factor
 by which the run's scale should have been multiplied (1: the run's scale was
-the best one).  ``lamstar_fisher`` is [1/L] (1 per nat when the empirical
-Fisher equals the Hessian, as for a log-likelihood in expectation) and
-``lamstar_taylor`` a pure number (1 when ``H v`` is exactly right, e.g. on a
-quadratic).  ``lam = 0`` is one of the candidates, so
-``relerr_x_at_lamstar <= relerr_delayed`` always: what remains at ``lam*`` is
-the error of the estimate's *shape* (its direction), the gap between
-``relerr_x`` and ``relerr_x_at_lamstar`` the error of its *scale*.  With
+the best one; NaN when ``lam = 0``).  ``lamstar_fisher`` is [1/L]: 1 per nat
+when the empirical Fisher equals the Hessian (the Fisher information of a
+log-likelihood is its expected Hessian; the empirical Fisher of a mini-batch
+only approximates it).  ``lamstar_taylor`` is a pure number, 1 when ``H v`` is
+exactly right (e.g. on a quadratic).  ``lam = 0`` is one of the candidates, so
+``relerr_x_at_lamstar <= relerr_delayed`` always, and so is the run's own
+scale for dc, rank1 and taylor (``relerr_x_at_lamstar <= relerr_x``; not for
+fisher under dc-asgd-a, whose run scale is a vector): what remains at
+``lam*`` is the error of the estimate's *shape* (its direction), the gap
+between ``relerr_x`` and ``relerr_x_at_lamstar`` the error of its *scale*.  With
 ``v = 0`` (staleness 0) or ``h = 0``, ``lam*`` and the error at it are NaN.
 Without the run's ``lam`` (a caller of :func:`compensation_metrics` that
 passes only the vector ``lam_eff``) ``lamstar_dc``/``lamstar_rank1`` are NaN
@@ -280,7 +283,7 @@ def _running_stat_norms(module: nn.Module) -> list[nn.Module]:
 def per_sample_fisher(flat: FlatModel, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, key: int,
                       loss_fn: Loss = cross_entropy, max_elements: int = 1 << 25
                       ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``(F, mean_i g_i, fisher_mode)``: the empirical Fisher diagonal ``F = (1/b) sum_i g_i*g_i`` at flat weights ``w``.
+    """``(F, mean_i g_i, fisher_mode)``: the empirical Fisher diagonal ``F = (1/b) sum_i g_i*g_i`` at ``w``.
 
     ``g_i`` is the gradient of ``loss_fn`` on sample i alone (``loss_fn`` called
     on a batch of one), from ``vmap(grad(...), randomness="different")`` over
@@ -396,7 +399,7 @@ def _finite(value: Any) -> bool:
 
 
 def record_lamstar(record: dict[str, Any], name: str) -> float:
-    """``lam*`` of estimate ``name`` in a record: ``lamstar_<name>``, else ``lamscale_<name> * lam`` (NaN if neither)."""
+    """``lam*`` of ``name`` in a record: ``lamstar_<name>``, else ``lamscale_<name> * lam``; NaN if neither."""
     value = record.get(f"lamstar_{name}")
     if _finite(value):
         return float(value)

@@ -1,319 +1,385 @@
 """``dcasgd report DIR``: tables, findings and plots from a ``dcasgd compare`` directory.
 
-Writes into DIR (or ``--to``):
+Writes into DIR (or ``--to``), for every group (cluster x protocol x momentum) with runs:
 
-- ``table.md`` / ``table.csv``: final test error (percent) mean +- sample std
-  over seeds per method and M, in the layout of Table 1 of Zheng et al.
-  (rows: methods, columns: M), with the sequential baseline, the number of
-  seeds, the chosen learning rates, the command and the git commit;
-- ``findings.md``: at each M, whether the paper's ordering
-  DC-ASGD-a < DC-ASGD-c < min(ASGD, SSGD) held, with the spread;
-- ``curves.png``, ``staleness.png``, ``lambda.png``, ``stability.png`` and,
-  when probe records exist, ``compensation.png``.
+- ``table.md`` / ``table.csv``: final test error (percent), mean ± sample std over
+  seeds, per method and M in the layout of Table 1 of Zheng et al. (rows:
+  methods, columns: M), with the lr each cell used (marked when the lr chosen
+  on validation sits at an edge of the lr grid); the time each method took to
+  reach sequential SGD's final error in simulated seconds, and its error when
+  sequential SGD finished; the largest stable lr of every method in the
+  lr-selection runs (also ``stability.csv``);
+- ``findings.md`` / ``findings.json``: the answers in words and as numbers:
+  DC-ASGD-a and -c against ASGD, the paper's ordering DC-ASGD-a < DC-ASGD-c <
+  ASGD, SSGD, who reaches sequential SGD's error soonest, how close each method
+  gets at the largest M, who is stable at the largest lr;
+- ``curves.png``, ``time_curves.png``, ``staleness.png``, ``stability.png``,
+  ``lambda.png`` (see :mod:`.plots`) and, from a probe run (``--probe``, or a
+  ``probe*`` run directory inside DIR or next to it), ``compensation.png`` and
+  ``compensation.md``.
+
+Every number comes from the runs' summaries through :mod:`.findings`; every
+file names the command that made the runs and the one that made the report.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import statistics
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from . import plots
+from .findings import (SPREAD_RULE, STABLE_RULE, TARGET_RULE, ReportError, facts, load_study)  # noqa: F401
+from .plots import LABELS
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..errors import InputError  # noqa: E402
-from .compare import METHODS, method_of  # noqa: E402
+__all__ = ["ReportError", "write_report", "write_tables", "write_findings", "write_compensation"]
 
 
-class ReportError(InputError):
-    """A directory that holds no study, or a run file that cannot be read."""
-
-LABELS = {"sequential": "Sequential SGD", "ssgd": "SSGD (sync)", "asgd": "ASGD", "ssp": "SSP",
-          "staleness": "Staleness-scaled lr", "dc-asgd-c": "DC-ASGD-c", "dc-asgd-a": "DC-ASGD-a"}
-COLORS = {"sequential": "black", "ssgd": "tab:blue", "asgd": "tab:orange", "ssp": "tab:purple",
-          "staleness": "tab:brown", "dc-asgd-c": "tab:green", "dc-asgd-a": "tab:red"}
+def report_command(run_dir: Path, to: Path | None, probe_run: Path | None) -> str:
+    return (f"dcasgd report {run_dir}" + (f" --to {to}" if to is not None else "")
+            + (f" --probe {probe_run}" if probe_run is not None else ""))
 
 
-def load_runs(directory: Path) -> list[dict[str, Any]]:
-    """Every summary.json directly under ``directory`` (one per run directory)."""
-    runs = []
-    for path in sorted(Path(directory).glob("*/summary.json")):
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ReportError(f"report: cannot read {path} ({exc})") from None
-        summary["_dir"] = str(path.parent)
-        summary["_method"] = method_of(summary["config"])
-        runs.append(summary)
-    return runs
+def probe_candidates(run_dir: Path, probe_run: Path | None) -> list[Path]:
+    """Where a compensation probe run may be: the one given, else DIR itself, ``DIR/probe*``, ``DIR/../probe*``."""
+    if probe_run is not None:
+        return [probe_run]
+    return [run_dir] + sorted(p for p in run_dir.glob("probe*") if p.is_dir()) + sorted(
+        p for p in run_dir.parent.glob("probe*") if p.is_dir() and p != run_dir)
 
 
-def group(runs: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for run in runs:
-        groups[(run["_method"], run["config"]["workers"])].append(run)
-    for key in groups:
-        groups[key].sort(key=lambda r: r["config"]["seed"])
-    return groups
+def write_report(run_dir: Path, to: Path | None = None, probe_run: Path | None = None) -> list[Path]:
+    run_dir = Path(run_dir)
+    out = to or run_dir
+    study = load_study(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    compensation, used = [], None
+    for candidate in probe_candidates(run_dir, probe_run):
+        compensation = write_compensation(candidate, out)
+        if compensation:
+            used = candidate
+            break
+    if probe_run is not None and not compensation:
+        raise ReportError(f"report: {probe_run} holds no probe records (a run made with --probe-every)")
+    numbers = facts(study, report_command(run_dir, to, probe_run), used)
+    written = write_tables(numbers, out) + write_findings(numbers, out)
+    written.append(plots.plot_curves(study, numbers, out / "curves.png"))
+    written.append(plots.plot_time_curves(study, numbers, out / "time_curves.png"))
+    written.append(plots.plot_staleness(study, numbers, out / "staleness.png"))
+    if numbers["stability"]:
+        written.append(plots.plot_stability(study, numbers, out / "stability.png"))
+    if study.lambda_runs:
+        written.append(plots.plot_lambda(study, numbers, out / "lambda.png"))
+    return written + compensation
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+# ---------------------------------------------------------------- formatting
+
+
+def pm(mean: float | None, std: float | None, spec: str = ".2f") -> str:
+    return "n/a" if mean is None else f"{mean:{spec}} ± {std:{spec}}"
+
+
+def secs(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def secs_pm(mean: float | None, std: float | None) -> str:
+    """Simulated seconds, the std with as many decimals as the mean."""
+    if mean is None:
+        return "n/a"
+    decimals = 0 if abs(mean) >= 100 else 1 if abs(mean) >= 10 else 2
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f} s"
+
+
+def header(numbers: dict[str, Any]) -> list[str]:
+    cov = numbers["coverage"]
+    state = "" if numbers["finished"] and not cov["final_runs_missing"] else (
+        f"; **the study is not finished: {cov['final_runs_reported']} of {cov['final_runs_expected']} final runs "
+        f"are done**")
+    lines = [f"_Runs: `{numbers['runs_command']}` (git commit `{numbers['git_commit']}`){state}. "
+             f"Report: `{numbers['report_command']}`._"]
+    if cov["left_out"]:
+        lines += ["", f"_Left out: {len(cov['left_out'])} run(s) found in the study directory that its grid "
+                      f"does not ask for as they are: " + "; ".join(cov["left_out"][:5])
+                  + ("; ..." if len(cov["left_out"]) > 5 else "") + "._"]
+    return lines
+
+
+def describe(group: dict[str, Any]) -> str:
+    settings = ", ".join(f"{k} {_setting(v)}" for k, v in group["cluster_settings"].items())
+    cluster = f"cluster {group['cluster']} ({settings or 'no extra settings'})"
+    if group["protocol"] == "paper":
+        edge = group.get("paper_lr_at_grid_edge")
+        protocol = (f"protocol paper (every method at sequential SGD's lr {group.get('paper_lr'):g}, chosen on "
+                    f"validation" + (f" at the {edge} value of the lr grid" if edge else "")
+                    + "; SSGD's lr is in its cell)")
+    else:
+        protocol = "protocol tuned (each method and M at its own lr, chosen on validation)"
+    return f"{cluster}; {protocol}; momentum {group['momentum']:g}"
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"worker {k}: {v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def lr_text(lr: float | list[float]) -> str:
+    return "/".join(f"{x:g}" for x in lr) if isinstance(lr, list) else f"{lr:g}"
+
+
+def error_cell(c: dict[str, Any], protocol: str) -> str:
+    edge = c["lr_at_grid_edge"] if protocol == "tuned" else None        # paper: said once, in the heading
+    lr = f"lr {lr_text(c['lr'])}" + (f" ({edge} of grid)" if edge else "")
+    if c["diverged"] == c["runs"]:
+        error = f", error {pm(c['mean'], c['std'])}" if c["mean"] is not None else ""
+        return f"diverged ({c['diverged']}/{c['runs']} seeds{error}, {lr})"
+    diverged = f", {c['diverged']} diverged" if c["diverged"] else ""
+    return f"{pm(c['mean'], c['std'])} (n={c['n']}{diverged}, {lr})"
+
+
+def _table(rows: list[str], workers: list[int], cell) -> list[str]:
+    lines = ["| method | " + " | ".join(f"M={w}" for w in workers) + " |", "|---|" + "---|" * len(workers)]
+    for method in rows:
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cell(method, w) for w in workers) + " |")
+    return lines
 
 
 # ---------------------------------------------------------------- tables
 
 
-def write_tables(groups, meta: dict[str, Any], out: Path) -> list[Path]:
-    workers = sorted({m for _, m in groups})
-    methods = [m for m in METHODS if any(k[0] == m for k in groups)]
-    chosen = meta.get("chosen_lr", {})
-    lr_grid = meta.get("grid", {}).get("lr_grid", [])
-    edges = {min(lr_grid), max(lr_grid)} if len(lr_grid) > 1 else set()
-    seeds = sorted({r["config"]["seed"] for runs in groups.values() for r in runs})
-    rows_csv = [["method", "workers", "mean_error_pct", "std_error_pct", "seeds", "lr", "lr_at_grid_edge", "errors"]]
+def write_tables(numbers: dict[str, Any], out: Path) -> list[Path]:
+    """table.md, table.csv and stability.csv: every number from ``numbers`` (:func:`.findings.facts`)."""
+    lines = ["# Final test error (%), mean ± std over seeds; time to sequential SGD's error", ""] + header(numbers)
+    lines += ["", f"Rules: {SPREAD_RULE}. {_capital(TARGET_RULE)}.", ""]
+    rows_csv = [["group", "cluster", "protocol", "momentum", "method", "workers", "runs", "n_errors", "diverged",
+                 "mean_error_pct", "std_error_pct", "errors_pct", "lr", "lr_at_grid_edge", "target_error_pct",
+                 "reached_target", "time_to_target_mean_s", "time_to_target_std_s", "times_to_target_s",
+                 "error_at_sequential_finish_mean_pct", "error_at_sequential_finish_std_pct"]]
     any_edge = False
-    header = "| method | " + " | ".join(f"M={m}" for m in workers) + " |"
-    lines = [
-        "# Final test error (%), mean ± std over seeds",
-        "",
-        f"_Command: `{meta.get('command', '?')}`; git commit: `{meta.get('git_commit', '?')}`; "
-        f"seeds: {len(seeds)} ({', '.join(map(str, seeds))}); regenerate the table with "
-        f"`dcasgd report {meta.get('run_dir', 'DIR')}`._",
-        "",
-        header,
-        "|---|" + "---|" * len(workers),
-    ]
-    for method in methods:
-        cells = []
-        for m in workers:
-            runs = groups.get((method, m))
-            if not runs:
-                cells.append("")
-                continue
-            errors = [r["final_test_error"] for r in runs]
-            mean, std = mean_std(errors)
-            lr = chosen.get(f"{method}@M{m}", runs[0]["config"]["lr"])
-            diverged = sum(bool(r.get("diverged")) for r in runs)
-            edge = lr in edges
-            any_edge = any_edge or edge
-            cells.append(f"{mean:.2f} ± {std:.2f} (n={len(runs)}, lr {lr:g}{' (edge)' if edge else ''}"
-                         f"{', %d diverged' % diverged if diverged else ''})")
-            rows_csv.append([method, m, f"{mean:.4f}", f"{std:.4f}", len(runs), lr, int(edge),
-                             ";".join(f"{e:.4f}" for e in errors)])
-        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
-    lines += ["", "Learning rates were chosen per method and M on a validation split held out from the "
-              "training set (never on the test set); `lr` is the chosen value."]
+    for g in numbers["groups"]:
+        cells = {(c["method"], c["workers"]): c for c in g["cells"]}
+        ttt = {(t["method"], t["workers"]): t for t in g["time_to_target"]}
+        workers = sorted({w for _, w in cells})
+        methods = list(dict.fromkeys(m for m, _ in cells))
+        lines += [f"## `{g['name']}`", "", describe(g) + ".", ""]
+        lines += _table(methods, workers,
+                        lambda m, w: error_cell(cells[(m, w)], g["protocol"]) if (m, w) in cells else "")
+        any_edge = any_edge or (g["protocol"] == "tuned" and any(c["lr_at_grid_edge"] for c in g["cells"]))
+        target = g["target"]
+        if target:
+            lines += ["", f"Time to sequential SGD's final error, target {pm(target['error'], target['std'])}% "
+                      f"(n={target['n']}); simulated seconds, mean ± std over the seeds that reached it (reached/"
+                      f"seeds). Sequential SGD finished at "
+                      f"{secs_pm(target['sequential_finish_s'], target['sequential_finish_std_s'])}.", ""]
+
+            def reach(m: str, w: int) -> str:
+                t = ttt.get((m, w))
+                if t is None:
+                    return ""
+                return (f"{secs_pm(t['mean_s'], t['std_s'])} ({t['reached']}/{t['runs']})" if t["reached"]
+                        else f"not reached (0/{t['runs']})")
+
+            def at_finish(m: str, w: int) -> str:
+                t = ttt.get((m, w))
+                return "" if t is None else pm(t["error_at_sequential_finish"]["mean"],
+                                                t["error_at_sequential_finish"]["std"])
+
+            lines += _table(methods, workers, reach)
+            lines += ["", f"Test error (%) at the simulated time sequential SGD finished "
+                      f"({secs(target['sequential_finish_s'])} s; the last evaluation at or before it):", ""]
+            lines += _table(methods, workers, at_finish)
+        lines.append("")
+        for c in g["cells"]:
+            t = ttt.get((c["method"], c["workers"]), {})
+            at = t.get("error_at_sequential_finish", {})
+            rows_csv.append([g["name"], g["cluster"], g["protocol"], g["momentum"], c["method"], c["workers"],
+                             c["runs"], c["n"], c["diverged"], _num(c["mean"]), _num(c["std"]),
+                             ";".join(_num(e) for e in c["errors"]),
+                             c["lr"] if not isinstance(c["lr"], list) else ";".join(map(str, c["lr"])),
+                             c["lr_at_grid_edge"] or "", _num(target["error"]) if target else "",
+                             t.get("reached", ""), _num(t.get("mean_s")), _num(t.get("std_s")),
+                             ";".join(_num(x) for x in t.get("times_s", [])), _num(at.get("mean")),
+                             _num(at.get("std"))])
     if any_edge:
-        lines += ["", f"_(edge)_: the chosen lr is the smallest or largest of the grid "
-                  f"({', '.join(f'{v:g}' for v in lr_grid)}), so a wider grid might do better there."]
-    md, csv_path = out / "table.md", out / "table.csv"
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(rows_csv)
-    return [md, csv_path]
+        lr_grid = numbers["coverage"]["lr_grid"]
+        lines += [f"_(smallest/largest of grid)_: the lr this cell used was chosen on validation at an edge of "
+                  f"the lr grid ({', '.join(f'{v:g}' for v in lr_grid)}, times 1 - momentum), so a wider grid "
+                  f"might do better there.", ""]
+    stab_csv = [["lr_group", "cluster", "momentum", "method", "workers", "lr", "validation_error_pct", "diverged",
+                 "stable", "max_stable_lr"]]
+    if numbers["stability"]:
+        lines += ["# Stability: largest stable learning rate", "", f"Rule: {STABLE_RULE}.", ""]
+    for s in numbers["stability"]:
+        rows = {(r["method"], r["workers"]): r for r in s["rows"]}
+        workers = sorted({w for _, w in rows})
+        lines += [f"## lr runs `{s['lr_group']}` (lr grid {', '.join(f'{v:g}' for v in s['lr_grid'])})", ""]
+
+        def stable_cell(m: str, w: int) -> str:
+            r = rows.get((m, w))
+            if r is None:
+                return ""
+            if r["max_stable_lr"] is None:
+                return "none"
+            bad = [f"{x:g}" for x, d in zip(r["lrs"], r["diverged"]) if d]
+            return (f"{r['max_stable_lr']:g}{' (top)' if r['at_grid_top'] else ''}; best {r['best_error']:.2f} "
+                    f"at {r['best_lr']:g}" + (f"; diverged at {', '.join(bad)}" if bad else "")
+                    + ("" if r["complete"] else "; lr runs incomplete"))
+
+        lines += _table(list(dict.fromkeys(m for m, _ in rows)), workers, stable_cell) + [""]
+        for r in s["rows"]:
+            for x, e, d, ok in zip(r["lrs"], r["errors"], r["diverged"], r["stable"]):
+                stab_csv.append([s["lr_group"], s["cluster"], s["momentum"], r["method"], r["workers"], x, _num(e),
+                                 int(d), int(ok), r["max_stable_lr"] if r["max_stable_lr"] is not None else ""])
+    md, table_csv, stability_csv = out / "table.md", out / "table.csv", out / "stability.csv"
+    md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    for path, rows in ((table_csv, rows_csv), (stability_csv, stab_csv)):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+    return [md, table_csv, stability_csv]
 
 
-def write_findings(groups, out: Path) -> Path:
-    """Per M: did DC-ASGD-a < DC-ASGD-c < min(ASGD, SSGD) hold, and by more than the spread?"""
-    lines = ["# Does the paper's ordering hold?", "",
-             "Paper (Table 1, CIFAR-10): DC-ASGD-a < DC-ASGD-c < ASGD, SSGD at M = 4 and 8. "
-             "Here, mean ± std of final test error (%) over seeds; a gap counts as clear when it is "
-             "larger than the sum of the two standard deviations.", ""]
-    workers = sorted({m for _, m in groups if m > 1})
-    for m in workers:
-        stats = {k: mean_std([r["final_test_error"] for r in groups[(k, m)]])
-                 for k in ("dc-asgd-a", "dc-asgd-c", "asgd", "ssgd") if (k, m) in groups}
-        if not {"dc-asgd-a", "dc-asgd-c", "asgd", "ssgd"} <= set(stats):
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _num(value: Any) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+# ---------------------------------------------------------------- findings
+
+
+def _vs(verdict: str, a: float, b: float) -> str:
+    """How ``a`` compares with ``b`` in words, from the verdict of :func:`.findings.verdict`."""
+    if verdict == "within the spread":
+        return f"{'lower' if a < b else 'higher' if a > b else 'equal'}, within the spread"
+    return f"{verdict}, clearly" if verdict in ("lower", "higher") else verdict
+
+
+def write_findings(numbers: dict[str, Any], out: Path) -> list[Path]:
+    """findings.md (plain statements with spreads) and findings.json (the same numbers)."""
+    lines = ["# Findings", ""] + header(numbers) + [
+        "", f"How to read: test errors in percent, {SPREAD_RULE}. {_capital(TARGET_RULE)}. "
+        "The paper (Zheng et al. 2017, Table 1, CIFAR-10) found DC-ASGD-a < DC-ASGD-c < ASGD.", ""]
+    for g in numbers["groups"]:
+        lines += [f"## `{g['name']}`", "", describe(g) + ".", ""]
+        by_w: dict[int, list[dict[str, Any]]] = {}
+        for v in g["vs_asgd"]:
+            by_w.setdefault(v["workers"], []).append(v)
+        dc = []
+        for w, rows in by_w.items():
+            parts = [f"{LABELS[v['method']]} {pm(v['mean'], v['std'])} vs ASGD {pm(v['asgd_mean'], v['asgd_std'])}: "
+                     f"{_vs(v['verdict'], v['mean'], v['asgd_mean'])}" for v in rows if v["method"].startswith("dc-")]
+            if parts:
+                dc.append(f"M={w}: " + "; ".join(parts))
+        if dc:
+            lines.append("- **Does DC-ASGD beat ASGD?** " + ". ".join(dc) + ".")
+        for w, rows in by_w.items():
+            others = [f"{LABELS[v['method']]} {_vs(v['verdict'], v['mean'], v['asgd_mean'])} "
+                      f"({pm(v['mean'], v['std'])})" for v in rows if not v["method"].startswith("dc-")
+                      and v["method"] != "ssgd"]
+            if others:
+                lines.append(f"- Other asynchronous methods against ASGD at M={w}: " + "; ".join(others) + ".")
+        for o in g["ordering"]:
+            pairs = "; ".join(f"{LABELS[p['lower']]} {pm(p['lower_mean'], p['lower_std'])} vs {LABELS[p['higher']]} "
+                              f"{pm(p['higher_mean'], p['higher_std'])}: "
+                              f"{_vs(p['verdict'], p['lower_mean'], p['higher_mean'])}" for p in o["pairs"])
+            state = ("held, clearly" if o["clearly"] else "held, within the spread" if o["held"] else "did not hold")
+            lines.append(f"- **Paper's ordering DC-ASGD-a < DC-ASGD-c < ASGD at M={o['workers']}: {state}.** {pairs}.")
+        for s in g["ssgd"]:
+            versus = "; ".join(f"against {LABELS[m]} {pm(o['mean'], o['std'])}: "
+                               f"{_vs(o['verdict'], s['mean'], o['mean'])}"
+                               for m, o in s["vs"].items())
+            lines.append(f"- **SSGD at M={s['workers']}:** {pm(s['mean'], s['std'])} (n={s['n']}, lr {lr_text(s['lr'])}"
+                         + (f", {s['diverged']} diverged" if s["diverged"] else "") + ")"
+                         + (f"; {versus}" if versus else "") + ".")
+        target = g["target"]
+        if target is None:
+            lines += ["- No sequential SGD runs in this group: no target for time to target.", ""]
             continue
-        base_name = min(("asgd", "ssgd"), key=lambda k: stats[k][0])
-        pairs = [("dc-asgd-a", "dc-asgd-c"), ("dc-asgd-c", base_name)]
-        verdicts = []
-        for lo, hi in pairs:
-            (a, sa), (b, sb) = stats[lo], stats[hi]
-            if a < b:
-                verdicts.append(f"{LABELS[lo]} < {LABELS[hi]} ({a:.2f} ± {sa:.2f} vs {b:.2f} ± {sb:.2f}; "
-                                f"{'clear' if b - a > sa + sb else 'within the spread'})")
+        soon = []
+        for s in g["soonest"]:
+            soon.append(f"M={s['workers']}: " + _soonest_text(s))
+        overall = g["soonest_overall"]
+        lines.append(f"- **Who reaches sequential SGD's error ({pm(target['error'], target['std'])}%) soonest in "
+                     f"simulated time?** Sequential SGD itself finished at "
+                     f"{secs_pm(target['sequential_finish_s'], target['sequential_finish_std_s'])}. "
+                     + ". ".join(soon)
+                     + (f". Over all M: {_soonest_text(overall, with_m=True)}." if len(soon) > 1 else "."))
+        gap = g["gap_to_sequential"]
+        if gap and gap["rows"]:
+            rows = {r["method"]: r for r in gap["rows"]}
+            best = min(r["gap"] for r in gap["rows"])
+            closest = [r for r in gap["rows"] if r["gap"] == best]
+            shown = sorted(closest + [rows[m] for m in ("dc-asgd-a", "dc-asgd-c", "asgd", "ssgd")
+                                      if m in rows and rows[m] not in closest], key=lambda r: r["gap"])
+
+            def gap_text(r: dict[str, Any]) -> str:
+                return (f"{LABELS[r['method']]} {r['gap']:+.2f} ({pm(r['mean'], r['std'])}, "
+                        f"{_vs(r['verdict'], r['mean'], gap['sequential_mean'])})")
+
+            lines.append(f"- **How close at M={gap['workers']}?** Final error minus sequential SGD's "
+                         f"({pm(gap['sequential_mean'], gap['sequential_std'])}), closest first: "
+                         + "; ".join(gap_text(r) for r in shown)
+                         + (f" (the other {len(rows) - len(shown)} methods: table.md)." if len(rows) > len(shown)
+                            else "."))
+        lines.append("")
+    if numbers["stability"]:
+        lines += ["## Stable at the largest learning rate?", "", f"Rule: {STABLE_RULE}.", ""]
+    for s in numbers["stability"]:
+        parts = []
+        for most in s["most_stable"]:
+            if not most["others"]:
+                names = LABELS[most["methods"][0]] if most["of"] == 1 else f"every method ({most['of']})"
+            elif len(most["methods"]) > most["of"] / 2:
+                names = (f"all but {', '.join(LABELS[m] for m in most['others'])} "
+                         f"({len(most['methods'])} of {most['of']})")
             else:
-                verdicts.append(f"{LABELS[lo]} ≥ {LABELS[hi]} ({a:.2f} ± {sa:.2f} vs {b:.2f} ± {sb:.2f}): "
-                                f"does not hold")
-        held = all(stats[lo][0] < stats[hi][0] for lo, hi in pairs)
-        lines.append(f"- **M={m}: ordering {'held' if held else 'did not hold'}.** " + "; ".join(verdicts) + ".")
-    path = out / "findings.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+                names = f"{', '.join(LABELS[m] for m in most['methods'])} ({len(most['methods'])} of {most['of']})"
+            top = most["at_grid_top"]
+            parts.append(f"M={most['workers']}: {names} up to lr {most['lr']:g}"
+                         + (" (the top of the grid: it does not separate them)" if top and len(most["methods"]) > 1
+                            else " (the top of the grid)" if top else "")
+                         + (f"; diverged at the top lr: {', '.join(LABELS[m] for m in most['diverged_at_top'])}"
+                            if most["diverged_at_top"] else ""))
+        lines.append(f"- **lr runs `{s['lr_group']}`** (lr grid {', '.join(f'{v:g}' for v in s['lr_grid'])}): "
+                     + "; ".join(parts) + ".")
+    if numbers["compensation"]:
+        lines += ["", f"Compensation probe: `{numbers['compensation']}` (see compensation.md)."]
+    md, js = out / "findings.md", out / "findings.json"
+    md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    js.write_text(json.dumps(numbers, indent=1) + "\n", encoding="utf-8")
+    return [md, js]
 
 
-# ---------------------------------------------------------------- plots
-
-
-def _panels(n: int, rows: int = 1, width: float = 4.2, height: float = 3.4):
-    fig, axes = plt.subplots(rows, n, figsize=(width * n, height * rows), squeeze=False)
-    return fig, axes
-
-
-def _figure_legend(fig, axes) -> None:
-    """One legend under the panels with every method that appears in any of them."""
-    seen: dict[str, Any] = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(label, handle)
-    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(7, len(seen)), fontsize=9)
-
-
-def plot_curves(groups, path: Path) -> Path:
-    workers = sorted({m for _, m in groups})
-    fig, axes = _panels(len(workers), rows=2)
-    for col, m in enumerate(workers):
-        for method in METHODS:
-            runs = groups.get((method, m)) or (groups.get((method, 1)) if method == "sequential" else None)
-            if not runs:
-                continue
-            n_points = min(len(r["curve"]) for r in runs)
-            epoch = [statistics.fmean(r["curve"][i]["epoch"] for r in runs) for i in range(n_points)]
-            time_s = [statistics.fmean(r["curve"][i]["time_s"] for r in runs) for i in range(n_points)]
-            error = [statistics.fmean(r["curve"][i]["test_error"] for r in runs) for i in range(n_points)]
-            style = dict(color=COLORS[method], label=LABELS[method], linestyle="--" if method == "sequential" else "-")
-            axes[0][col].plot(epoch, error, **style)
-            if method != "sequential" or m == 1:
-                axes[1][col].plot(time_s, error, **style)
-        axes[0][col].set_title(f"M = {m} workers")
-        axes[0][col].set_xlabel("epochs")
-        axes[1][col].set_xlabel("simulated time (s)")
-        for row in (0, 1):
-            axes[row][col].set_ylabel("test error (%)")
-            axes[row][col].set_yscale("log")
-            axes[row][col].grid(True, which="both", alpha=0.3)
-    _figure_legend(fig, axes)
-    fig.suptitle("Test error versus epochs (top) and simulated time (bottom); mean over seeds")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_staleness(groups, path: Path) -> Path:
-    workers = sorted({m for _, m in groups if m > 1})
-    fig, axes = _panels(max(1, len(workers)))
-    for col, m in enumerate(workers):
-        ax = axes[0][col]
-        for method in ("asgd", "ssp", "staleness", "dc-asgd-c", "dc-asgd-a"):
-            runs = groups.get((method, m))
-            if not runs:
-                continue
-            counts: Counter = Counter()
-            for r in runs:
-                counts.update({int(k): v for k, v in r["staleness"]["overall"]["histogram"].items()})
-            total = sum(counts.values())
-            xs = sorted(counts)
-            ax.step(xs, [counts[x] / total for x in xs], where="mid", color=COLORS[method], label=LABELS[method])
-        ax.set_title(f"M = {m} workers")
-        ax.set_xlabel("staleness τ (server versions)")
-        ax.set_ylabel("fraction of updates")
-        ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-    _figure_legend(fig, axes)
-    fig.suptitle("Staleness distribution of applied gradients (all seeds)")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_lambda(lambda_runs, groups, path: Path) -> Path:
-    fig, axes = _panels(1, width=5.5, height=4)
-    ax = axes[0][0]
-    points = sorted((r["config"]["lam0"], r["final_test_error"]) for r in lambda_runs)
-    if points:
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=COLORS["dc-asgd-a"],
-                label="DC-ASGD-a (seed 0)")
-    for method in ("asgd", "ssgd"):
-        if (method, 8) in groups:
-            mean, _ = mean_std([r["final_test_error"] for r in groups[(method, 8)]])
-            ax.axhline(mean, color=COLORS[method], linestyle="--", label=f"{LABELS[method]} (mean)")
-    ax.set_xscale("log")
-    ax.set_xlabel("λ₀ (DC-ASGD-a variance-control parameter)")
-    ax.set_ylabel("final test error (%)")
-    ax.set_title("Final error versus λ₀ at M = 8")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_stability(lr_runs, path: Path) -> Path:
-    by_key = group(lr_runs)
-    workers = [m for m in (16, 32) if any(k[1] == m for k in by_key)] or sorted({k[1] for k in by_key})[-2:]
-    fig, axes = _panels(max(1, len(workers)), width=4.8, height=3.8)
-    for col, m in enumerate(workers):
-        ax = axes[0][col]
-        for method in ("asgd", "dc-asgd-a"):
-            runs = sorted(by_key.get((method, m), []), key=lambda r: r["config"]["lr"])
-            if not runs:
-                continue
-            lrs = [r["config"]["lr"] for r in runs]
-            errs = [r["final_test_error"] for r in runs]
-            ax.plot(lrs, errs, "o-", color=COLORS[method], label=LABELS[method])
-            bad = [(lr, e) for lr, e, r in zip(lrs, errs, runs) if r.get("diverged")]
-            if bad:
-                ax.plot(*zip(*bad), "x", color=COLORS[method], markersize=12, mew=2,
-                        label=f"{LABELS[method]} diverged")
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("final validation error (%)")
-        ax.set_title(f"M = {m} workers")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Which learning rates survive? (× = diverged)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_report(run_dir: Path, to: Path | None = None, probe_run: Path | None = None) -> list[Path]:
-    out = to or run_dir
-    if not run_dir.is_dir():
-        raise ReportError(f"report: {run_dir} is not a directory")
-    final = load_runs(run_dir / "final")
-    if not final:
-        raise ReportError(f"report: {run_dir} holds no study (no finished runs under {run_dir / 'final'}); "
-                          f"run 'dcasgd compare {run_dir}' first")
-    meta_path = run_dir / "compare.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-    except ValueError:
-        raise ReportError(f"report: {meta_path} is not valid JSON") from None
-    meta["run_dir"] = str(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    groups = group(final)
-    written = write_tables(groups, meta, out)
-    written.append(write_findings(groups, out))
-    written.append(plot_curves(groups, out / "curves.png"))
-    written.append(plot_staleness(groups, out / "staleness.png"))
-    lambda_runs = load_runs(run_dir / "lambda")
-    if lambda_runs:
-        written.append(plot_lambda(lambda_runs, groups, out / "lambda.png"))
-    lr_runs = load_runs(run_dir / "lr")
-    if lr_runs:
-        written.append(plot_stability(lr_runs, out / "stability.png"))
-    for candidate in ([probe_run] if probe_run else []) + [run_dir]:
-        compensation = write_compensation(candidate, out)
-        if compensation:
-            written += compensation
-            break
-    return written
+def _soonest_text(s: dict[str, Any] | None, with_m: bool = False) -> str:
+    if not s or s.get("method") is None:
+        return "no method reached it"
+    names = [LABELS[m] + (f" at M={w}" if with_m else "") for m, w in s["tied"]]
+    who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}, tied,"
+    text = f"{who} at {secs_pm(s['mean_s'], s['std_s'])} ({s['reached']} of {s['runs']} seeds)"
+    nxt = s.get("runner_up")
+    if nxt:
+        nwhere = f" at M={nxt['workers']}" if with_m else ""
+        spread = {"lower": "clearly later"}.get(nxt["verdict"], nxt["verdict"])
+        text += (f", next {LABELS[nxt['method']]}{nwhere} at {secs_pm(nxt['mean_s'], nxt['std_s'])} "
+                 f"({nxt['reached']} of {nxt['runs']}; {spread})")
+    return text
 
 
 def write_compensation(run_dir: Path, out: Path) -> list[Path]:
-    """compensation.png and compensation.md from the probe records of ``run_dir`` (a run directory)."""
+    """compensation.png and compensation.md from the probe records of ``run_dir`` (a run directory).
+
+    Every number comes from the run: the plot from the ``probe`` lines of
+    ``metrics.jsonl``, the tables from the ``probe`` block of ``summary.json``
+    (:meth:`dcasgd.engine.probe.CompensationProbe.summary` of those records).
+    A statistic the run did not record (a run probed before it existed) reads n/a.
+    """
     from .compensation import load_probe_records, plot_compensation
     records = load_probe_records(run_dir) if (run_dir / "metrics.jsonl").exists() else []
     summary_path = run_dir / "summary.json"
@@ -322,33 +388,104 @@ def write_compensation(run_dir: Path, out: Path) -> list[Path]:
     summary = json.loads(summary_path.read_text())
     probe, cfg = summary["probe"], summary["config"]
     png = plot_compensation(records, out / "compensation.png")
-    text = "\n".join([
+
+    def num(key: str, spec: str = ".4f", scale: float = 1.0) -> str:
+        value = probe.get(key)
+        return "n/a" if value is None else format(scale * value, spec)
+
+    def removed(key: str) -> str:                 # share of the delayed gradient's median error removed
+        value = probe.get(key)
+        return "n/a" if value is None else f"{100 * (1 - value):.1f}%"
+
+    a_form = probe.get("lam_form") == "dc-asgd-a"
+    lam_name = "λ₀" if a_form else "λ"
+    lam_text = f"{lam_name} = {probe['lam']:g}" if probe.get("lam") is not None else f"{lam_name} (not recorded)"
+    rows = [("delayed", "delayed gradient g(w_bak)"),
+            ("dc", "DC-compensated (diagonal) g + λ g⊙g⊙Δw"),
+            ("rank1", "rank-1 g + λ g (g·Δw), the undiagonalised λ g gᵀ"),
+            ("fisher", "per-sample Fisher diagonal g + λ F⊙Δw"),
+            ("taylor", "exact first-order Taylor g + H(w_now − w_bak)")]
+    lines = [
         "# How well does delay compensation approximate the fresh gradient?",
         "",
         f"_Run: `{summary.get('command', '?')}` ({cfg['rule']}, M={cfg['workers']}, {cfg['model']} on "
-        f"{cfg['dataset']}); every {probe['every']}th push probed, {probe['count_stale']} probes with "
-        f"staleness >= 1._",
+        f"{cfg['dataset']}, batch size {cfg['batch_size']}); one push in {probe['every']} probed, "
+        f"{probe['count_stale']} probes with staleness >= 1._",
         "",
-        "Median relative error ||x - g(w_now)|| / ||g(w_now)|| of each estimate x of the fresh gradient:",
+        "Median relative error ||x - g(w_now)|| / ||g(w_now)|| of each estimate x of the fresh gradient "
+        f"(Δw = w_now − w_bak; λ is the run's scale, {lam_text}"
+        + (", as λ₀/sqrt(ms + eps) elementwise" if a_form else "") + "):",
         "",
         "| estimate | median relative error | ratio of medians to the delayed gradient | mean relative error |",
         "|---|---|---|---|",
-        f"| delayed gradient g(w_bak) | {probe['median_relerr_delayed']:.4f} | 1 | "
-        f"{probe['mean_relerr_delayed']:.4f} |",
-        f"| DC-compensated g + λ g⊙g⊙(w_now − w_bak) | {probe['median_relerr_dc']:.4f} | "
-        f"{probe['median_ratio_dc_to_delayed']:.3f} | {probe['mean_relerr_dc']:.4f} |",
-        f"| exact first-order Taylor g + H(w_now − w_bak) | {probe['median_relerr_taylor']:.4f} | "
-        f"{probe['median_ratio_taylor_to_delayed']:.3f} | {probe['mean_relerr_taylor']:.4f} |",
-        "",
-        f"In the median, the cheap diagonal term removes {100 * (1 - probe['median_ratio_dc_to_delayed']):.1f}% "
-        f"of the delayed gradient's error and the exact first-order Taylor term "
-        f"{100 * (1 - probe['median_ratio_taylor_to_delayed']):.1f}%"
-        + (" (a negative share: worse than the delayed gradient); " if
-           max(probe['median_ratio_dc_to_delayed'], probe['median_ratio_taylor_to_delayed']) > 1 else "; ")
-        + ("the exact term's mean error is above the delayed gradient's: on some pushes the linear "
-           "extrapolation overshoots badly." if probe['mean_relerr_taylor'] > probe['mean_relerr_delayed']
-           else "the means tell the same story."),
-    ])
+    ]
+    for name, label in rows:
+        ratio = "1" if name == "delayed" else num(f"median_ratio_{name}_to_delayed", ".3f")
+        lines.append(f"| {label} | {num(f'median_relerr_{name}')} | {ratio} | {num(f'mean_relerr_{name}')} |")
+    ratios = [probe.get(f"median_ratio_{name}_to_delayed") for name in ("dc", "taylor")]
+    means = [probe.get(f"mean_relerr_{name}") for name in ("taylor", "delayed")]
+    if None not in ratios and None not in means:
+        lines += [
+            "",
+            f"In the median, the cheap diagonal term removes {removed('median_ratio_dc_to_delayed')} "
+            f"of the delayed gradient's error and the exact first-order Taylor term "
+            f"{removed('median_ratio_taylor_to_delayed')}"
+            + (" (a negative share: worse than the delayed gradient); " if max(ratios) > 1 else "; ")
+            + ("the exact term's mean error is above the delayed gradient's: on some pushes the linear "
+               "extrapolation overshoots badly." if means[0] > means[1] else "the means tell the same story."),
+        ]
+    if probe.get("median_fisher_to_gg") is not None:
+        lines += [
+            "",
+            f"The per-sample Fisher diagonal F = (1/b) Σᵢ gᵢ⊙gᵢ (per-sample gradients in "
+            f"{probe.get('fisher_mode')} mode) against the mini-batch g⊙g the paper uses: median "
+            f"||F|| / ||g⊙g|| = {num('median_fisher_to_gg', '.3g')} at batch size b = {cfg['batch_size']} "
+            f"(per-sample gradients dominated by noise give about b, ones that all agree give 1).",
+        ]
+
+    # ---- scale or shape: the best scalar lam* per estimate
+    lamstar_rows = [(name, label) for name, label in rows[1:] if probe.get(f"lamstar_{name}")]
+    if lamstar_rows:
+        lines += [
+            "",
+            "## Scale or shape? The best scale λ* of each estimate",
+            "",
+            "Each compensated estimate is g + λ h. On every probed push, λ* = h·(g(w_now) − g) / h·h is "
+            "the least-squares best scalar λ; the error left at λ* is the error of the estimate's direction "
+            "(its shape), the gap between the errors at the run's scale and at λ* the error of its scale. "
+            f"For the diagonal and rank-1 estimates λ* replaces the run's {lam_text}"
+            + (" in λ₀/sqrt(ms + eps)" if a_form else "")
+            + "; for the Fisher estimate the natural value is 1 (the Fisher information of a log-likelihood "
+            "loss is its expected Hessian; the empirical Fisher only approximates it), for the exact Taylor "
+            "term exactly 1, its scale in the run's column.",
+            "",
+            "| estimate | λ* p10 | p25 | median | p75 | p90 | median error at the run's scale | "
+            "median error at λ* | share of the delayed error removed at the run's scale | ... at λ* |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, label in lamstar_rows:
+            dist = probe[f"lamstar_{name}"]
+            lines.append(
+                f"| {label} (n={dist['count']}) | "
+                + " | ".join(f"{dist[q]:.4g}" for q in ("p10", "p25", "median", "p75", "p90"))
+                + f" | {num(f'median_relerr_{name}')} | {num(f'median_relerr_{name}_at_lamstar')} | "
+                f"{removed(f'median_ratio_{name}_to_delayed')} | "
+                f"{removed(f'median_ratio_{name}_at_lamstar_to_delayed')} |")
+        lines.append("")
+        for name, label in lamstar_rows:
+            at_run, at_best = probe.get(f"median_ratio_{name}_to_delayed"), probe.get(
+                f"median_ratio_{name}_at_lamstar_to_delayed")
+            if at_run is None or at_best is None:
+                continue
+            scale = probe.get(f"median_lamscale_{name}")
+            gain = (f"a better scale would gain {100 * (at_run - at_best):.1f} points" if at_run >= at_best else
+                    f"the run's elementwise scale beats every single scalar by {100 * (at_best - at_run):.1f} points")
+            lines.append(
+                f"- {label.split(' g')[0]}: at the run's scale {100 * (1 - at_run):.1f}% of the delayed error is "
+                f"removed, at λ* {100 * (1 - at_best):.1f}%; {gain}; its direction leaves {100 * at_best:.1f}% "
+                f"of the error at λ*"
+                + (f"; the median best multiple of the run's {lam_name} is {scale:.3g}" if scale is not None else "")
+                + ".")
     md = out / "compensation.md"
-    md.write_text(text + "\n", encoding="utf-8")
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [png, md]

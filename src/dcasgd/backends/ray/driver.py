@@ -27,6 +27,7 @@ from ...engine.speeds import emulated_slowdowns
 from ...io.checkpoint import CheckpointError, save_checkpoint
 from .cluster import (SERVER_RESOURCE, WORKER_RESOURCE, RayBackendError, ServerLost, check_reachable,
                       local_ray_options, loopback_only)
+from . import shm
 from .shard import LeadServer, ServerShard
 from .worker import RayWorker
 
@@ -82,6 +83,7 @@ class RayRun:
         self.version = 0
         self.epoch = 0.0
         self.done = False
+        self.shm_prefix = shm.run_prefix()                # the run's shared-memory files (same-node workers)
         self.final_weights: torch.Tensor | None = None    # the weights the final error was measured on
         self.final_buffers: torch.Tensor | None = None
 
@@ -163,7 +165,7 @@ class RayRun:
                             "probe_every": cfg.probe_every}
         # a nested ObjectRef is not resolved for us: shard 0 gets the array itself
         lead = ray.remote(LeadServer).options(max_restarts=0, **server_opts).remote(
-            {**shard_args(0), "weights": flat.params.numpy()}, coordinator_args)
+            {**shard_args(0), "weights": flat.params.numpy()}, coordinator_args, self.shm_prefix)
         shard_cls = ray.remote(ServerShard)
         shards = [lead] + [shard_cls.options(max_restarts=0, **server_opts).remote(**shard_args(k))
                            for k in range(1, cfg.servers)]
@@ -221,6 +223,7 @@ class RayRun:
         finally:
             self._close_outputs()
             self._stop_actors()
+            shm.remove(self.shm_prefix)
             if owns_ray:
                 ray.shutdown()
         return summary

@@ -16,8 +16,9 @@ import ray
 import torch
 
 from ...core.consistency import SyncBarrier, parse_consistency
-from ...core.server import PushRejected, ServerCore
+from ...core.server import NonFiniteUpdate, PushRejected, ServerCore
 from ...io.checkpoint import CheckpointError
+from . import shm
 from .coordinator import Coordinator
 
 INLINE_BYTES = 100 * 1024             # Ray sends smaller objects inline, larger ones via the object store
@@ -269,10 +270,28 @@ class LeadServer:
     wait on the same loop without blocking it.
     """
 
-    def __init__(self, shard: dict[str, Any], coordinator: dict[str, Any]) -> None:
+    def __init__(self, shard: dict[str, Any], coordinator: dict[str, Any], shm_prefix: str | None = None) -> None:
         self.shard = ServerShard(**shard)
         self.shard.replies_before_next_call = False   # a coroutine may run while a reply is serialised
         self.coordinator = Coordinator(**coordinator)
+        self.shm_prefix = shm_prefix
+        self.links: dict[int, dict[str, torch.Tensor]] = {}   # worker -> its shared files (same node only)
+
+    def attach(self, worker: int, node_id: str) -> dict[str, str] | None:
+        """Shared-memory files for ``worker`` if it runs on this node (:mod:`.shm`), else None.
+
+        A restarted worker gets the same files again.
+        """
+        self.shard._check_worker(worker)
+        here = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        if self.shm_prefix is None or node_id != here or not shm.available():
+            return None
+        files = shm.paths(self.shm_prefix, worker)
+        if worker not in self.links:
+            sizes = {"grad": self.shard.core.num_params, "weights": self.shard.core.num_params,
+                     "buffers": self.shard.buffers.numel()}
+            self.links[worker] = {kind: shm.create(path, sizes[kind]) for kind, path in files.items()}
+        return files
 
     # shard 0
     def pull(self, worker: int):
@@ -299,6 +318,45 @@ class LeadServer:
         if seq > before:                                             # applied now, not a retry
             await self.coordinator.applied(worker, num_samples)
         return version
+
+    async def step(self, worker: int, generation: int, push: dict[str, Any] | None, report: dict[str, Any] | None,
+                   num_samples: int) -> dict[str, Any]:
+        """A whole gradient exchange in one call, for a one-shard server: push, report, next grant, pull.
+
+        ``push`` (None to begin) holds ``seq``, ``base_version``, ``grad``, ``num_samples``,
+        ``meta``, ``buffers``, ``members`` and ``nonfinite`` (the worker found NaN/Inf in it);
+        it is applied exactly as :meth:`push` would (a retried seq is not applied twice).
+        ``report`` carries what else the coordinator should hear (a probe record).  The
+        reply: ``report`` (what became of the push), ``grant`` (the coordinator's answer for
+        the next gradient of ``num_samples`` samples, which may have waited: ssp, sync,
+        a checkpoint pause) and ``pulled`` (this shard's :meth:`ServerShard.pull`, when granted).
+        Three messages per gradient (grant, pull, push) become one.
+        """
+        report = dict(report or {})
+        link = self.links.get(worker)
+        if push is not None:
+            report["loss"] = push["meta"].get("loss")
+            grad = link["grad"] if push["grad"] is None else push["grad"]      # None: in the worker's shared file
+            try:
+                report["version"] = await self.push(worker, push["seq"], push["base_version"], grad,
+                                                    push["num_samples"], push["meta"], push["buffers"],
+                                                    push["members"])
+                report["applied"] = True
+            except NonFiniteUpdate as exc:                 # the update would overflow: the model diverged
+                report.update(applied=False, nonfinite=True, error=str(exc))
+            except PushRejected as exc:
+                report.update(applied=False, **({"nonfinite": True} if push["nonfinite"] else {"error": str(exc)}))
+        grant = await self.coordinator.next(worker, generation, report or None, num_samples)
+        pulled = None
+        if grant["go"]:
+            pulled = self.shard.pull(worker) if link is None else self._pull_into(worker, link)
+        return {"report": report, "grant": grant, "pulled": pulled}
+
+    def _pull_into(self, worker: int, link: dict[str, torch.Tensor]) -> tuple[None, int, np.ndarray | None]:
+        """A pull written straight into the worker's shared file: (None, version, BatchNorm buffers)."""
+        weights, version = self.shard.core.pull(worker, copy=False)
+        link["weights"].copy_(weights)                      # plain code: nothing else runs on the loop meanwhile
+        return None, version, (self.shard.buffers.clone().numpy() if self.shard.buffers.numel() else None)
 
     def join(self, worker: int) -> int:
         return self.shard.join(worker)

@@ -20,8 +20,9 @@ from ...core.rules import make_rule
 from ...core.server import NonFiniteUpdate, PushRejected
 from ...engine.probe import compensation_metrics, effective_lam
 from ...engine.speeds import emulated_pause, emulated_slowdowns
+from . import shm
 from .shard import _readonly_tensor
-from .transport import pull_all, push_all
+from .transport import PUSH_TIMEOUT_S, pull_all, push_all
 
 
 def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
@@ -85,43 +86,101 @@ class RayWorker:
         return ray.get_runtime_context().get_node_id()
 
     def run(self) -> dict[str, Any]:
-        """Pull, compute, push until the coordinator says stop; returns this worker's tallies."""
-        m, cfg = self.index, self.cfg
+        """Pull, compute, push until the coordinator says stop; returns this worker's tallies.
+
+        With one server shard each gradient is one call (:meth:`LeadServer.step`: push,
+        report, next grant, pull).  With S shards, and for a gradient the compensation
+        probe measures, it is a grant from the coordinator, a pull and a push over every
+        shard (:mod:`.transport`).
+        """
+        m = self.index
         seq = max(ray.get([s.join.remote(m) for s in self.shards]))    # continue after the last applied seq
         generation = ray.get(self.coord.worker_join.remote(m, os.getpid()))["generation"]
+        one_call = len(self.shards) == 1
+        self.shared = one_call and self.device.type == "cpu" and self._attach_shared_memory()
         report, gradients = None, 0
-        w_np = self.weights.numpy()
+        batch = self.stream.next()
+        stepped = self._step(generation, None, None, int(batch.numel()), seq)[1:] if one_call else None
         while True:
-            batch = self.stream.next()
-            grant = ray.get(self.coord.next.remote(m, generation, report, int(batch.numel())))
+            grant, pulled = stepped if stepped is not None else (
+                ray.get(self.coord.next.remote(m, generation, report, int(batch.numel()))), None)
             if not grant["go"]:
                 return {"worker": m, "gradients": gradients, "reason": grant["reason"]}
             t_pull, granted = time.time(), time.perf_counter()
-            base, buffers = pull_all(self.shards, self.ranges, m, w_np)
-            if buffers is not None and buffers.size == self.buffers.numel():
-                self.buffers.copy_(torch.from_numpy(buffers))
+            base = self._receive(pulled) if pulled is not None else self._pull()
             x, y = self.x.index_select(0, batch), self.y.index_select(0, batch)   # (5x x[batch])
-            key = gradient_key(cfg.seed, m, grant["clock"])
+            key = gradient_key(self.cfg.seed, m, grant["clock"])
             started = time.perf_counter()
             if self.device.type != "cpu":
                 x, y = x.to(self.device), y.to(self.device)
-            result = compute_gradient(self.flat, self.weights, self.buffers, x, y, key, loss_fn=self.loss_fn)
+            # with shared memory the gradient stays where backward wrote it: the server reads it there
+            result = compute_gradient(self.flat, self.weights, self.buffers, x, y, key, loss_fn=self.loss_fn,
+                                      copy=not self.shared)
             grad = result.grad.cpu()
             if self.hooks.get("compute_delay_s"):
                 time.sleep(self.hooks["compute_delay_s"])
             duration = time.perf_counter() - started
-            seq += 1
-            now = self._pull_now() if grant.get("probe") else None      # the weights this push will meet
-            report = self._push(seq, base, grad, result.buffers.cpu(), result.loss, int(batch.numel()), {
-                "t_pull": t_pull, "t_push": time.time(), "duration_s": max(duration, 1e-9),
-                "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"],
-                **({"probe": True} if now is not None else {})},
-                grant["members"] or None)
-            gradients += bool(report["applied"])
-            if now is not None and report["applied"]:
-                report["probe"] = self._probe(now, base, grad, x, y, key, report["version"])
             if self.slowdown > 1:                                     # an emulated slow worker
                 time.sleep(emulated_pause(self.slowdown, time.perf_counter() - granted))
+            seq += 1
+            probed = bool(grant.get("probe"))
+            now = self._pull_now() if probed else None               # the weights this push will meet
+            meta = {"t_pull": t_pull, "t_push": time.time(), "duration_s": max(duration, 1e-9),
+                    "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"],
+                    **({"probe": True} if probed else {})}
+            batch_n, batch = int(batch.numel()), self.stream.next()
+            if one_call and not probed:
+                push = self._push_message(seq, base, grad, result.buffers.cpu(), batch_n, meta, grant["members"])
+                report, *stepped = self._step(generation, push, None, int(batch.numel()), seq)
+            else:
+                report, stepped = self._push(seq, base, grad, result.buffers.cpu(), result.loss, batch_n, meta,
+                                             grant["members"] or None), None
+                if probed and report["applied"]:
+                    report["probe"] = self._probe(now, base, grad, x, y, key, report["version"])
+            gradients += bool(report.get("applied"))
+
+    def _pull(self) -> list[int]:
+        """Every shard's slice of the weights into this worker's flat buffer; returns their versions."""
+        base, buffers = pull_all(self.shards, self.ranges, self.index, self.weights.numpy())
+        if buffers is not None and buffers.size == self.buffers.numel():
+            self.buffers.copy_(torch.from_numpy(buffers))
+        return base
+
+    def _attach_shared_memory(self) -> bool:
+        """Ask the lead shard for shared files (:mod:`.shm`); on its node, move the model's parameters and
+        gradient into them.  Returns whether it did."""
+        files = ray.get(self.shards[0].attach.remote(self.index, self.node_id()))
+        if files is None:
+            return False
+        n = self.flat.num_params
+        self.flat.rebind(shm.mapped(files["weights"], n), shm.mapped(files["grad"], n))
+        self.weights = self.flat.params
+        return True
+
+    def _receive(self, pulled: tuple[np.ndarray | None, int, np.ndarray | None]) -> list[int]:
+        """A one-shard pull that came with a step's reply (weights None: already in the shared file)."""
+        weights, version, buffers = pulled
+        if weights is not None:
+            np.copyto(self.weights.numpy(), weights)
+        if buffers is not None and buffers.size == self.buffers.numel():
+            self.buffers.copy_(torch.from_numpy(np.asarray(buffers)))
+        return [int(version)]
+
+    def _push_message(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, n: int,
+                      meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
+        g = None if self.shared else grad.numpy()        # None: the server reads the shared file
+        return {"seq": seq, "base_version": base[0], "grad": g, "num_samples": n, "meta": meta,
+                "buffers": buffers.numpy() if buffers.numel() else None, "members": members or None,
+                "nonfinite": not all_finite(grad)}
+
+    def _step(self, generation: int, push: dict[str, Any] | None, report: dict[str, Any] | None,
+              num_samples: int, seq: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """One :meth:`LeadServer.step` call; returns (the push's report, the next grant, the pull)."""
+        ref = self.shards[0].step.remote(self.index, generation, push, report, num_samples)
+        if push is not None and self.hooks.get("push_pause_s"):
+            self._push_pause(seq)()
+        reply = ray.get(ref, timeout=PUSH_TIMEOUT_S)
+        return reply["report"], reply["grant"], reply["pulled"]
 
     def _push(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, loss: float,
               n: int, meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
@@ -189,7 +248,8 @@ class RayWorker:
         if isinstance(lam_eff, torch.Tensor):
             lam_eff = lam_eff.to(dev)
         metrics = compensation_metrics(self.flat, self.weights.clone().to(dev), weights_now.to(dev),
-                                       self.buffers.to(dev), x, y, key, grad.clone().to(dev), lam_eff, self.loss_fn)
+                                       self.buffers.to(dev), x, y, key, grad.clone().to(dev), lam_eff, self.loss_fn,
+                                       lam=lam)
         return {"version": version, "worker": self.index, "staleness": version_now - base[0],
                 "push_staleness": version - 1 - base[0], "version_now": version_now, **metrics,
                 "lam": lam, "lam_form": form}
