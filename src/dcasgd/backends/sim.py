@@ -240,7 +240,9 @@ class Simulator:
         key = gradient_key(self.cfg.seed, w.index, w.clock)
         data = self.ctx.data
         x, y = data.train_x.index_select(0, batch), data.train_y.index_select(0, batch)   # (5x x[batch])
-        # views, not copies, when nothing else computes on the model before the push (no probe)
+        # the model reads the pulled weights where they lie (no copy); the gradient comes back as views,
+        # not copies, when nothing else computes on the model before the push (no probe)
+        self.flat.point_to(w.weights)
         result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key, copy=self.probe is not None,
                                   loss_fn=self.loss_fn)
         return result, (x, y, key)

@@ -485,6 +485,28 @@ def _load_cifar_dataset(directory: Path):
 
 
 # --------------------------------------------------------------------------
+# Decoded files, once per process
+
+_decoded_cache: dict[tuple, tuple] = {}
+
+
+def _decoded(name: str, directory: Path):
+    """(train, test) of raw tensors from ``directory``, decoded once per process and file version.
+
+    A study runs many jobs in a few long-lived processes; decompressing and parsing the files is
+    most of a run's start-up.  The key holds every file's size and modification time, so a changed
+    file is read again; one data set is kept (callers copy before changing anything).
+    """
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    key = (name, str(directory.resolve()), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _decoded_cache:
+        loader = _load_cifar_dataset if name == "cifar10" else _load_idx_dataset
+        _decoded_cache.clear()
+        _decoded_cache[key] = loader(directory)
+    return _decoded_cache[key]
+
+
+# --------------------------------------------------------------------------
 # Synthetic task
 
 
@@ -552,8 +574,7 @@ def load_dataset(name: str, *, val_size: int = 0, seed: int = 0, root: str | Non
             if not download:
                 raise _not_found_error(name, root)
             directory = _download(name, root)
-        loader = _load_cifar_dataset if name == "cifar10" else _load_idx_dataset
-        train, test = loader(directory)
+        train, test = _decoded(name, directory)
         num_classes, where = _NUM_CLASSES, str(directory)
     train_x, train_y, val_x, val_y = split_validation(*train, val_size, seed, where)
     train_x, val_x, test_x = _normalise(_to_float(train_x), _to_float(val_x), _to_float(test[0]))

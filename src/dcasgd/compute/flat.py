@@ -50,6 +50,7 @@ class FlatModel:
         self.tensor_sizes = [p.numel() for p in params]
         self.params = _flatten_into(params)
         self.grads = torch.zeros_like(self.params)
+        self._own_params = self.params              # the model's own storage (point_to may lend it another)
         for p, view, gview in zip(params, _views(self.params, params), _views(self.grads, params)):
             p.data = view
             p.grad = gview
@@ -69,15 +70,34 @@ class FlatModel:
         :attr:`num_params` elements: shared memory, another device), keeping their values."""
         params.copy_(self.params)
         grads.copy_(self.grads)
-        self.params, self.grads = params, grads
+        self.params, self.grads, self._own_params = params, grads, params
         tensors = [p for p in self.module.parameters() if p.requires_grad]
         for p, view, gview in zip(tensors, _views(self.params, tensors), _views(self.grads, tensors)):
             p.data = view
             p.grad = gview
 
+    def point_to(self, weights: torch.Tensor) -> None:
+        """Let the module read its parameters straight from ``weights`` (no copy), until the next
+        :meth:`load` of other weights.  ``weights`` must not change while the module computes on them;
+        the module never writes its parameters (gradients and buffers live elsewhere)."""
+        if weights is not self.params:
+            self._view_params(weights)
+
+    def _view_params(self, storage: torch.Tensor) -> None:
+        tensors = [p for p in self.module.parameters() if p.requires_grad]
+        for p, view in zip(tensors, _views(storage, tensors)):
+            p.data = view
+        self.params = storage
+
     def load(self, weights: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
-        """Set the module's parameters (and float buffers) from flat tensors."""
-        self.params.copy_(weights)
+        """Set the module's parameters (and float buffers) from flat tensors.
+
+        Copies into the model's own storage; weights it already reads (:meth:`point_to`) are not copied.
+        """
+        if weights is not self.params:
+            if self.params is not self._own_params:
+                self._view_params(self._own_params)
+            self.params.copy_(weights)
         if buffers is not None and buffers.numel():
             self.buffers.copy_(buffers)
 

@@ -27,12 +27,8 @@ from .transport import PUSH_TIMEOUT_S, pull_all, push_all
 
 def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
     """Move a FlatModel's flat buffers to ``device`` and re-point parameters, grads and buffers at them."""
-    params = [p for p in flat.module.parameters() if p.requires_grad]
-    # copy=True: new buffers even for the same device, so the re-pointing below is exercised on CPU too
-    flat.params, flat.grads = flat.params.to(device, copy=True), flat.grads.to(device, copy=True)
-    for p, view, gview in zip(params, _views(flat.params, params), _views(flat.grads, params)):
-        p.data = view
-        p.grad = gview
+    # new buffers even for the same device, so the re-pointing below is exercised on CPU too
+    flat.rebind(torch.empty_like(flat.params, device=device), torch.empty_like(flat.grads, device=device))
     owners = flat._buffer_owners
     old = [getattr(mod, name) for mod, name in owners]
     flat.buffers = flat.buffers.to(device, copy=True)
