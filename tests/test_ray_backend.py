@@ -499,3 +499,15 @@ def test_the_highway_example_runs_on_ray(local_ray):
                              "--layers", "2"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "highway network, 2 layers, 2 workers on ray: test error" in result.stdout
+
+
+def test_workers_on_the_lead_node_use_shared_memory_files_that_go_away_with_the_run(local_ray, tmp_path):
+    seen: set[str] = set()
+
+    def look(run: rb.RayRun) -> None:
+        seen.update(p.name for p in Path("/dev/shm").glob(f"{run.shm_prefix}-*"))
+
+    summary = rb.run_ray(make_cfg(tmp_path / "shm", epochs=0.5), instrument=rb.Instrumentation(on_tick=look))
+    assert summary["updates"] == 32 and summary["final_test_error"] < 60
+    assert {name.rsplit("-", 2)[-2] for name in seen} == {"w0", "w1"}          # one set of files per worker
+    assert not list(Path("/dev/shm").glob("dcasgd-*"))                        # removed when the run ended
