@@ -55,11 +55,11 @@ def pm(mean: float | None, std: float | None) -> str:
     return "n/a" if mean is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def secs(mean: float | None, std: float | None) -> str:
+def secs(mean: float | None, std: float | None, n: int = 2) -> str:
     if mean is None:
         return "n/a"
     decimals = 0 if abs(mean) >= 100 else 1 if abs(mean) >= 10 else 2
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f} s"
+    return f"{mean:.{decimals}f} s" if n < 2 else f"{mean:.{decimals}f} ± {std:.{decimals}f} s"
 
 
 def names(methods: list[str]) -> str:
@@ -78,8 +78,9 @@ def setting(value: Any) -> str:
 
 
 def vs(verdict: str, a: float | None, b: float | None) -> str:
-    if verdict == "within the spread" and a is not None and b is not None:
-        return f"{'lower' if a < b else 'higher' if a > b else 'equal'}, within the spread"
+    if verdict in ("within the spread", "no spread") and a is not None and b is not None:
+        side = "lower" if a < b else "higher" if a > b else "equal"
+        return f"{side}, within the spread" if verdict == "within the spread" else f"{side}, one seed (no spread)"
     return f"**{verdict}**, clearly" if verdict in ("lower", "higher") else verdict
 
 
@@ -127,7 +128,7 @@ def coverage(study: Path, f: dict[str, Any]) -> list[str]:
     if c["left_out"]:
         lines.append(f"- {len(c['left_out'])} run(s) in the directory were not used (not in the grid, or made "
                      f"with other settings; see findings.md).")
-    plots = sorted(p.name for p in study.glob("*.png"))
+    plots = sorted(name for name in f.get("files", []) if name.endswith(".png"))   # this report's, not older ones
     lines.append(f"- **Files:** [`table.md`]({study.name}/table.md) (all cells, with learning rates and times), "
                  f"[`findings.md`]({study.name}/findings.md), `table.csv`, `stability.csv`, `findings.json`"
                  + (", plots " + ", ".join(f"[`{p}`]({study.name}/{p})" for p in plots) if plots else "") + ".")
@@ -150,11 +151,12 @@ def question_a(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
             if not mine:
                 continue
             where = {k: [f"{g['name']} M={v['workers']}" for g, v in mine if v["verdict"] == k]
-                     for k in ("lower", "within the spread", "higher")}
+                     for k in ("lower", "within the spread", "higher", "no spread")}
             summary.append(f"{LABELS[method]} is clearly below ASGD in {len(where['lower'])} of {len(mine)} "
                            f"(group, M) cells" + (f" ({', '.join(where['lower'])})" if where["lower"] else "")
                            + f", within the spread in {len(where['within the spread'])}, clearly above in "
-                           f"{len(where['higher'])}" + (f" ({', '.join(where['higher'])})" if where["higher"] else ""))
+                           f"{len(where['higher'])}" + (f" ({', '.join(where['higher'])})" if where["higher"] else "")
+                           + (f", one seed (no spread) in {len(where['no spread'])}" if where["no spread"] else ""))
         lines += [f"**`{study.name}`:** " + "; ".join(summary) + ".", ""]
         orderings = [(g, o) for g in f["groups"] for o in g["ordering"]]
         if orderings:
@@ -189,11 +191,12 @@ def _soonest(s: dict[str, Any] | None) -> str:
     if not s or s.get("method") is None:
         return "none reached it"
     who = names([m for m, _ in s["tied"]]) + (" (tied)" if len(s["tied"]) > 1 else "")
-    text = f"{who}: {secs(s['mean_s'], s['std_s'])} ({s['reached']}/{s['runs']} seeds)"
+    text = f"{who}: {secs(s['mean_s'], s['std_s'], s['reached'])} ({s['reached']}/{s['runs']} seeds)"
     nxt = s.get("runner_up")
     if nxt:
-        spread = {"lower": "clearly later"}.get(nxt["verdict"], nxt["verdict"])
-        text += f"; next {LABELS.get(nxt['method'], nxt['method'])} {secs(nxt['mean_s'], nxt['std_s'])} ({spread})"
+        spread = {"lower": "clearly later", "no spread": "later, one seed"}.get(nxt["verdict"], nxt["verdict"])
+        text += (f"; next {LABELS.get(nxt['method'], nxt['method'])} "
+                 f"{secs(nxt['mean_s'], nxt['std_s'], nxt['reached'])} ({spread})")
     return text
 
 
@@ -234,8 +237,9 @@ def question_b(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
                         f"{vs(r['verdict'], r['mean'], gap['sequential_mean'])})")
 
             s = next((s for s in g["soonest"] if s["workers"] == gap["workers"]), None)
-            lines.append(f"| {g['name']} | {pm(g['target']['error'], g['target']['std'])} | "
-                         f"{secs(g['target']['sequential_finish_s'], g['target']['sequential_finish_std_s'])} | "
+            target = g["target"]
+            took = secs(target["sequential_finish_s"], target["sequential_finish_std_s"], target["n"])
+            lines.append(f"| {g['name']} | {pm(target['error'], target['std'])} | {took} | "
                          f"{_soonest(s)} | {names([r['method'] for r in closest])} {gap_text(closest[0])} | "
                          f"{gap_text(rows.get('dc-asgd-a'))} | {gap_text(rows.get('asgd'))} |")
         lines.append("")
@@ -279,16 +283,18 @@ def question_c(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
 
 def compensation(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
     lines = []
-    for study, _ in studies:
+    for study, f in studies:
         path = study / "compensation.md"
-        if not path.exists():
+        if "compensation.md" not in f.get("files", []) or not path.exists():
             continue
         text = path.read_text(encoding="utf-8").splitlines()
         run = next((t for t in text if t.startswith("_Run:")), "")
         median = next((t for t in text if t.startswith("In the median")), "")
         lines += [f"**`{study.name}`** ([`compensation.md`]({study.name}/compensation.md), "
                   f"[`compensation.png`]({study.name}/compensation.png)): {text[0].lstrip('# ')}", ""]
-        lines += [t for t in (run, median) if t] + [""]
+        for text_line in (run, median):
+            if text_line:
+                lines += [text_line, ""]
     return (["## The compensation probe", "",
              "How close the delay-compensated gradient comes to the gradient the worker missed, measured on "
              "probed pushes of one run (see each `compensation.md` for every estimate and the best scale).", ""]

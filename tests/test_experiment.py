@@ -114,7 +114,8 @@ def test_a_final_run_made_with_another_lr_is_moved_aside_and_run_again(tmp_path,
     """Narrowing the grid to another lr must not reuse the final run made at the old one."""
     out = tmp_path / "study"
     args = ["compare", str(out), "--dataset", "synthetic", "--methods", "asgd", "--workers-grid", "4",
-            "--seeds", "0", "--lam0-grid", "", "--val-size", "64", "--epochs", "1", "--batch-size", "32"]
+            "--seeds", "0", "--lam0-grid", "", "--val-size", "64", "--epochs", "1", "--batch-size", "32",
+            "--jobs", "1", "--threads", "1"]
     run = Path("final") / "homogeneous-tuned-mom0" / "asgd-M4-s0"
     assert main(args + ["--lr-grid", "0.2"]) == 0
     first = summary(out / run)
@@ -141,7 +142,8 @@ def test_lr_runs_made_with_other_settings_are_not_used_to_choose(tmp_path):
     """A setting changed since the lr phase (here epochs): its runs are stale, rerun, and chosen from anew."""
     out = tmp_path / "study"
     args = ["compare", str(out), "--dataset", "synthetic", "--methods", "asgd", "--workers-grid", "4",
-            "--seeds", "0", "--lam0-grid", "", "--val-size", "64", "--batch-size", "32", "--lr-grid", "0.05,0.2"]
+            "--seeds", "0", "--lam0-grid", "", "--val-size", "64", "--batch-size", "32", "--lr-grid", "0.05,0.2",
+            "--jobs", "1", "--threads", "1"]
     assert main(args + ["--epochs", "1"]) == 0
     assert main(args + ["--epochs", "0.5"]) == 0
     lr_dir = Path("lr") / "homogeneous-mom0"
@@ -159,8 +161,10 @@ def test_lr_runs_made_with_other_settings_are_not_used_to_choose(tmp_path):
 
 
 def test_every_output_file_is_written_and_names_both_commands(study):
-    for name in ("table.md", "table.csv", "stability.csv", "findings.md", "findings.json", "curves.png",
-                 "time_curves.png", "staleness.png", "stability.png", "lambda.png"):
+    names = ("table.md", "table.csv", "stability.csv", "findings.md", "findings.json", "curves.png",
+             "time_curves.png", "staleness.png", "stability.png", "lambda.png")
+    assert sorted(findings(study)["files"]) == sorted(names)
+    for name in names:
         path = study / name
         assert path.exists() and path.stat().st_size > 0, name
     for png in study.glob("*.png"):
@@ -380,6 +384,7 @@ def test_report_adds_compensation_from_a_probe_run_given_or_found(study, tmp_pat
     assert main(["report", str(tmp_path / "runs"), "--to", str(tmp_path / "found")]) == 0
     assert (tmp_path / "found" / "compensation.md").read_text() == text
     assert findings(tmp_path / "found")["compensation"] == str(probe_run)
+    assert {"compensation.png", "compensation.md"} <= set(findings(tmp_path / "found")["files"])
 
 
 def test_results_readme_answers_from_findings(study, tmp_path):

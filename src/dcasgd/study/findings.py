@@ -44,7 +44,8 @@ STABLE_RULE = (f"stable: the lr-selection run (seed 0, validation split) did not
                f"error is at most {STABLE_FACTOR:g} x the best validation error of the same method and M over "
                f"the lr grid; the largest stable lr is the largest lr of the grid where that holds")
 SPREAD_RULE = ("mean ± sample standard deviation over seeds; two results are within the spread when the "
-               "intervals mean ± std overlap, otherwise the lower one is clearly lower")
+               "intervals mean ± std overlap, otherwise the lower one is clearly lower (with a single seed on "
+               "either side there is no spread to judge by)")
 TARGET_RULE = ("target: sequential SGD's mean final test error in the same group; time to target: the "
                "simulated time of a run's first evaluation at or below the target, mean ± std over the "
                "seeds that reached it")
@@ -111,6 +112,8 @@ def load_study(run_dir: Path) -> Study:
         configs = {job: job.config(base, grid) for job in jobs}
     except ConfigError as exc:
         raise ReportError(f"report: the study's settings no longer validate ({exc})") from None
+    except (OSError, ValueError) as exc:                # a summary.json that is not JSON
+        raise ReportError(f"report: cannot read an lr run's summary.json under {run_dir / 'lr'} ({exc})") from None
     if jobs and jobs[0].phase == "lr":
         needed = lr_jobs(grid, run_dir)
         done = sum(current_summary(job, base, grid) is not None for job in needed)
@@ -178,9 +181,12 @@ def stat(values: list[float | None]) -> dict[str, Any]:
 
 
 def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """``a`` against ``b`` (lower is better): lower, higher, within the spread, or n/a."""
+    """``a`` against ``b`` (lower is better): lower, higher, within the spread, no spread (a single value on
+    either side: nothing to judge a gap by), or n/a."""
     if a.get("mean") is None or b.get("mean") is None:
         return "n/a"
+    if min(a.get("n", 2), b.get("n", 2)) < 2:
+        return "no spread"
     if abs(a["mean"] - b["mean"]) <= a["std"] + b["std"]:
         return "within the spread"
     return "lower" if a["mean"] < b["mean"] else "higher"
@@ -326,8 +332,8 @@ def _soonest(rows: list[dict[str, Any]], workers: int | None) -> dict[str, Any] 
         nxt = ranked[len(tied)]
         out["runner_up"] = {"method": nxt["method"], "workers": nxt["workers"], "mean_s": nxt["mean_s"],
                             "std_s": nxt["std_s"], "reached": nxt["reached"], "runs": nxt["runs"],
-                            "verdict": verdict({"mean": best["mean_s"], "std": best["std_s"]},
-                                               {"mean": nxt["mean_s"], "std": nxt["std_s"]})
+                            "verdict": verdict({"mean": best["mean_s"], "std": best["std_s"], "n": best["n"]},
+                                               {"mean": nxt["mean_s"], "std": nxt["std_s"], "n": nxt["n"]})
                             if nxt["reached"] == best["reached"] else "fewer seeds reached it"}
     return out
 

@@ -63,6 +63,9 @@ def write_report(run_dir: Path, to: Path | None = None, probe_run: Path | None =
     if probe_run is not None and not compensation:
         raise ReportError(f"report: {probe_run} holds no probe records (a run made with --probe-every)")
     numbers = facts(study, report_command(run_dir, to, probe_run), used)
+    numbers["files"] = (["table.md", "table.csv", "stability.csv", "findings.md", "findings.json", "curves.png",
+                         "time_curves.png", "staleness.png"] + (["stability.png"] if numbers["stability"] else [])
+                        + (["lambda.png"] if study.lambda_runs else []) + [p.name for p in compensation])
     written = write_tables(numbers, out) + write_findings(numbers, out)
     written.append(plots.plot_curves(study, numbers, out / "curves.png"))
     written.append(plots.plot_time_curves(study, numbers, out / "time_curves.png"))
@@ -87,12 +90,12 @@ def secs(value: float | None) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
 
 
-def secs_pm(mean: float | None, std: float | None) -> str:
-    """Simulated seconds, the std with as many decimals as the mean."""
+def secs_pm(mean: float | None, std: float | None, n: int = 2) -> str:
+    """Simulated seconds, the std with as many decimals as the mean (none for a single value)."""
     if mean is None:
         return "n/a"
     decimals = 0 if abs(mean) >= 100 else 1 if abs(mean) >= 10 else 2
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f} s"
+    return f"{mean:.{decimals}f} s" if n < 2 else f"{mean:.{decimals}f} ± {std:.{decimals}f} s"
 
 
 def header(numbers: dict[str, Any]) -> list[str]:
@@ -114,7 +117,8 @@ def describe(group: dict[str, Any]) -> str:
     cluster = f"cluster {group['cluster']} ({settings or 'no extra settings'})"
     if group["protocol"] == "paper":
         edge = group.get("paper_lr_at_grid_edge")
-        protocol = (f"protocol paper (every method at sequential SGD's lr {group.get('paper_lr'):g}, chosen on "
+        lr = "n/a" if group.get("paper_lr") is None else f"{group['paper_lr']:g}"
+        protocol = (f"protocol paper (every method at sequential SGD's lr {lr}, chosen on "
                     f"validation" + (f" at the {edge} value of the lr grid" if edge else "")
                     + "; SSGD's lr is in its cell)")
     else:
@@ -175,13 +179,13 @@ def write_tables(numbers: dict[str, Any], out: Path) -> list[Path]:
             lines += ["", f"Time to sequential SGD's final error, target {pm(target['error'], target['std'])}% "
                       f"(n={target['n']}); simulated seconds, mean ± std over the seeds that reached it (reached/"
                       f"seeds). Sequential SGD finished at "
-                      f"{secs_pm(target['sequential_finish_s'], target['sequential_finish_std_s'])}.", ""]
+                      f"{secs_pm(target['sequential_finish_s'], target['sequential_finish_std_s'], target['n'])}.", ""]
 
             def reach(m: str, w: int) -> str:
                 t = ttt.get((m, w))
                 if t is None:
                     return ""
-                return (f"{secs_pm(t['mean_s'], t['std_s'])} ({t['reached']}/{t['runs']})" if t["reached"]
+                return (f"{secs_pm(t['mean_s'], t['std_s'], t['reached'])} ({t['reached']}/{t['runs']})" if t["reached"]
                         else f"not reached (0/{t['runs']})")
 
             def at_finish(m: str, w: int) -> str:
@@ -256,8 +260,9 @@ def _num(value: Any) -> str:
 
 def _vs(verdict: str, a: float, b: float) -> str:
     """How ``a`` compares with ``b`` in words, from the verdict of :func:`.findings.verdict`."""
-    if verdict == "within the spread":
-        return f"{'lower' if a < b else 'higher' if a > b else 'equal'}, within the spread"
+    if verdict in ("within the spread", "no spread"):
+        side = "lower" if a < b else "higher" if a > b else "equal"
+        return f"{side}, within the spread" if verdict == "within the spread" else f"{side}, one seed (no spread)"
     return f"{verdict}, clearly" if verdict in ("lower", "higher") else verdict
 
 
@@ -308,7 +313,7 @@ def write_findings(numbers: dict[str, Any], out: Path) -> list[Path]:
         overall = g["soonest_overall"]
         lines.append(f"- **Who reaches sequential SGD's error ({pm(target['error'], target['std'])}%) soonest in "
                      f"simulated time?** Sequential SGD itself finished at "
-                     f"{secs_pm(target['sequential_finish_s'], target['sequential_finish_std_s'])}. "
+                     f"{secs_pm(target['sequential_finish_s'], target['sequential_finish_std_s'], target['n'])}. "
                      + ". ".join(soon)
                      + (f". Over all M: {_soonest_text(overall, with_m=True)}." if len(soon) > 1 else "."))
         gap = g["gap_to_sequential"]
@@ -362,12 +367,12 @@ def _soonest_text(s: dict[str, Any] | None, with_m: bool = False) -> str:
         return "no method reached it"
     names = [LABELS[m] + (f" at M={w}" if with_m else "") for m, w in s["tied"]]
     who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}, tied,"
-    text = f"{who} at {secs_pm(s['mean_s'], s['std_s'])} ({s['reached']} of {s['runs']} seeds)"
+    text = f"{who} at {secs_pm(s['mean_s'], s['std_s'], s['reached'])} ({s['reached']} of {s['runs']} seeds)"
     nxt = s.get("runner_up")
     if nxt:
         nwhere = f" at M={nxt['workers']}" if with_m else ""
-        spread = {"lower": "clearly later"}.get(nxt["verdict"], nxt["verdict"])
-        text += (f", next {LABELS[nxt['method']]}{nwhere} at {secs_pm(nxt['mean_s'], nxt['std_s'])} "
+        spread = {"lower": "clearly later", "no spread": "later, one seed"}.get(nxt["verdict"], nxt["verdict"])
+        text += (f", next {LABELS[nxt['method']]}{nwhere} at {secs_pm(nxt['mean_s'], nxt['std_s'], nxt['reached'])} "
                  f"({nxt['reached']} of {nxt['runs']}; {spread})")
     return text
 

@@ -240,6 +240,7 @@ class RayRun:
                                        "lost_gradients": [0] * cfg.workers}
         self.durations: list[list[float]] = [[0.0, 0] for _ in range(cfg.workers)]
         self.stop_reason = None
+        self.worker_time = {"compute_s": 0.0, "exchange_s": 0.0, "slowdown_s": 0.0, "loop_s": 0.0, "gradients": 0}
         self.lost_updates, self.resumed_from, elapsed = 0, None, 0.0
         if resume is not None:
             d = resume["driver"]
@@ -365,7 +366,10 @@ class RayRun:
 
     def _worker_exit(self, m: int, ref: Any) -> None:
         try:
-            ray.get(ref)
+            tallies = ray.get(ref)
+            for key in ("compute_s", "exchange_s", "slowdown_s", "loop_s"):
+                self.worker_time[key] += tallies.get(key, 0.0)
+            self.worker_time["gradients"] += tallies.get("gradients", 0)
             return                                            # stopped when told
         except ray.exceptions.RayTaskError as exc:            # run() raised while its process lived
             if self._server_dead():
@@ -517,6 +521,7 @@ class RayRun:
         self.recorder.show_progress(self.epoch, self.version, force=True)
         infos = self._server_call_all([s.info.remote() for s in self.actors.shards])
         self.clipped = max(i["clipped"] for i in infos)
+        self.step_time = infos[0].get("step_time", {})
         if self.final_weights is None or self.recorder.evals[-1]["version"] != self.version:
             self.final_weights, self.final_buffers, _, _ = self._pull_weights()
         summary = write_summary(self.ctx.out, self._summary_fields())
@@ -531,6 +536,23 @@ class RayRun:
         if self.stop_reason in ("stop_after_updates", "time_limit"):
             return "stopped"
         return "finished" if self.stop_reason == "target" else "no_live_workers"
+
+    def _time_split(self) -> dict[str, float] | None:
+        """Where a worker's time went, in ms per gradient (workers that stopped when told; with one shard the
+        lead's side of the exchange too): compute, the exchange with the server (of which the server's push
+        and pull), emulated slowness, and the rest (batch selection, waiting for the driver)."""
+        t = self.worker_time
+        n = t["gradients"]
+        if not n:
+            return None
+        step = getattr(self, "step_time", {}) or {}
+        ms = {"compute": t["compute_s"], "exchange": t["exchange_s"], "emulated_slowdown": t["slowdown_s"]}
+        ms["other"] = max(0.0, t["loop_s"] - sum(ms.values()))
+        out = {k: 1e3 * v / n for k, v in ms.items()}
+        if step.get("steps"):
+            out["server_push"] = 1e3 * step["push_s"] / step["steps"]
+            out["server_pull"] = 1e3 * step["pull_s"] / step["steps"]
+        return out
 
     def _summary_fields(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.recorder.wall_start
@@ -558,6 +580,7 @@ class RayRun:
             resumed_from=self.resumed_from,
             checkpoints=self.checkpoints,
             worker_restarts_used=self.restarts,
+            time_per_gradient_ms=self._time_split(),
             **({"probe": self.probe.summary()} if self.probe is not None else {}))
 
 

@@ -276,6 +276,7 @@ class LeadServer:
         self.coordinator = Coordinator(**coordinator)
         self.shm_prefix = shm_prefix
         self.links: dict[int, dict[str, torch.Tensor]] = {}   # worker -> its shared files (same node only)
+        self.spent = {"steps": 0, "push_s": 0.0, "pull_s": 0.0}   # server time inside step calls
 
     def attach(self, worker: int, node_id: str) -> dict[str, str] | None:
         """Shared-memory files for ``worker`` if it runs on this node (:mod:`.shm`), else None.
@@ -334,6 +335,7 @@ class LeadServer:
         """
         report = dict(report or {})
         link = self.links.get(worker)
+        started = time.perf_counter()
         if push is not None:
             report["loss"] = push["meta"].get("loss")
             grad = link["grad"] if push["grad"] is None else push["grad"]      # None: in the worker's shared file
@@ -346,10 +348,15 @@ class LeadServer:
                 report.update(applied=False, nonfinite=True, error=str(exc))
             except PushRejected as exc:
                 report.update(applied=False, **({"nonfinite": True} if push["nonfinite"] else {"error": str(exc)}))
+        pushed = time.perf_counter()
         grant = await self.coordinator.next(worker, generation, report or None, num_samples)
         pulled = None
         if grant["go"]:
+            granted = time.perf_counter()
             pulled = self.shard.pull(worker) if link is None else self._pull_into(worker, link)
+            self.spent["pull_s"] += time.perf_counter() - granted
+        self.spent["steps"] += 1
+        self.spent["push_s"] += pushed - started
         return {"report": report, "grant": grant, "pulled": pulled}
 
     def _pull_into(self, worker: int, link: dict[str, torch.Tensor]) -> tuple[None, int, np.ndarray | None]:
@@ -368,7 +375,7 @@ class LeadServer:
         return self.shard.drain()
 
     def info(self) -> dict[str, Any]:
-        return self.shard.info()
+        return {**self.shard.info(), "step_time": dict(self.spent)}
 
     def ping(self) -> int:
         return self.shard.ping()

@@ -95,13 +95,16 @@ class RayWorker:
         one_call = len(self.shards) == 1
         self.shared = one_call and self.device.type == "cpu" and self._attach_shared_memory()
         report, gradients = None, 0
+        spent = {"compute_s": 0.0, "exchange_s": 0.0, "slowdown_s": 0.0, "loop_s": 0.0}   # where the time goes
+        loop_start = time.perf_counter()
         batch = self.stream.next()
         stepped = self._step(generation, None, None, int(batch.numel()), seq)[1:] if one_call else None
         while True:
             grant, pulled = stepped if stepped is not None else (
                 ray.get(self.coord.next.remote(m, generation, report, int(batch.numel()))), None)
             if not grant["go"]:
-                return {"worker": m, "gradients": gradients, "reason": grant["reason"]}
+                spent["loop_s"] = time.perf_counter() - loop_start
+                return {"worker": m, "gradients": gradients, "reason": grant["reason"], **spent}
             t_pull, granted = time.time(), time.perf_counter()
             base = self._receive(pulled) if pulled is not None else self._pull()
             x, y = self.x.index_select(0, batch), self.y.index_select(0, batch)   # (5x x[batch])
@@ -116,8 +119,11 @@ class RayWorker:
             if self.hooks.get("compute_delay_s"):
                 time.sleep(self.hooks["compute_delay_s"])
             duration = time.perf_counter() - started
+            spent["compute_s"] += duration
             if self.slowdown > 1:                                     # an emulated slow worker
-                time.sleep(emulated_pause(self.slowdown, time.perf_counter() - granted))
+                pause = emulated_pause(self.slowdown, time.perf_counter() - granted)
+                time.sleep(pause)
+                spent["slowdown_s"] += pause
             seq += 1
             probed = bool(grant.get("probe"))
             now = self._pull_now() if probed else None               # the weights this push will meet
@@ -125,6 +131,7 @@ class RayWorker:
                     "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"],
                     **({"probe": True} if probed else {})}
             batch_n, batch = int(batch.numel()), self.stream.next()
+            exchange_start = time.perf_counter()
             if one_call and not probed:
                 push = self._push_message(seq, base, grad, result.buffers.cpu(), batch_n, meta, grant["members"])
                 report, *stepped = self._step(generation, push, None, int(batch.numel()), seq)
@@ -133,6 +140,7 @@ class RayWorker:
                                              grant["members"] or None), None
                 if probed and report["applied"]:
                     report["probe"] = self._probe(now, base, grad, x, y, key, report["version"])
+            spent["exchange_s"] += time.perf_counter() - exchange_start
             gradients += bool(report.get("applied"))
 
     def _pull(self) -> list[int]:
