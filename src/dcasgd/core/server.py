@@ -239,12 +239,7 @@ class ServerCore:
 
     def _check_worker(self, worker: Any) -> int:
         """The worker id as an int (numpy integers are fine); PushRejected for anything else."""
-        if isinstance(worker, bool):
-            raise PushRejected(f"worker id must be an integer, got {worker!r}")
-        try:
-            index = operator.index(worker)
-        except TypeError:
-            raise PushRejected(f"worker id must be an integer, got {type(worker).__name__} {worker!r}") from None
+        index = _integer(worker, f"worker id must be an integer, got {type(worker).__name__} {worker!r}")
         if not 0 <= index < self.num_workers:
             raise PushRejected(f"unknown worker {index}: this server has workers 0..{self.num_workers - 1}")
         return index
@@ -271,12 +266,7 @@ class ServerCore:
         if grad.shape != self.weights.shape:
             raise PushRejected(f"worker {worker}: gradient shape {tuple(grad.shape)}, "
                                f"expected {tuple(self.weights.shape)}")
-        if isinstance(base_version, bool):
-            raise PushRejected(f"worker {worker}: base_version must be an int, got {base_version!r}")
-        try:
-            base_version = operator.index(base_version)
-        except TypeError:
-            raise PushRejected(f"worker {worker}: base_version must be an int, got {base_version!r}") from None
+        base_version = _integer(base_version, f"worker {worker}: base_version must be an int, got {base_version!r}")
         if base_version > self.version or base_version < 0:
             raise PushRejected(f"worker {worker}: base_version {base_version} is not in "
                                f"[0, current version {self.version}] (from the future or negative)")
@@ -395,6 +385,16 @@ def shard_ranges(tensor_sizes: Sequence[int], num_shards: int) -> list[tuple[int
         cuts.append(nearest)
     cuts.append(total)
     return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _integer(value: Any, message: str) -> int:
+    """``value`` as an int (numpy integers too, not bools); PushRejected(``message``) for anything else."""
+    if isinstance(value, bool):
+        raise PushRejected(message)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise PushRejected(message) from None
 
 
 def _norm(t: torch.Tensor) -> float:

@@ -116,13 +116,13 @@ from torch.func import functional_call, grad, vmap
 
 from ..compute.flat import FlatModel
 from ..compute.objectives import Loss, cross_entropy
+from .probe_records import finite as _finite, percentiles, record_lamstar
 from ..core.rules import Rule, State
 from ..compute.worker import seed_dropout
 
 ESTIMATES = ("delayed", "dc", "taylor", "rank1", "fisher")
 SCALED = ("dc", "rank1", "fisher", "taylor")           # the estimates g + lam * h whose best lam* is fitted
 RULE_SCALED = ("dc", "rank1")                          # ... whose h carries the shape of the rule's lam_eff
-PERCENTILES = (("p10", 0.10), ("p25", 0.25), ("median", 0.50), ("p75", 0.75), ("p90", 0.90))
 RECORD_FIELDS = ("version", "worker", "staleness", "delta_norm", "cos_delayed", "cos_dc", "cos_taylor",
                  "relerr_delayed", "relerr_dc", "relerr_taylor", "epoch",
                  "cos_rank1", "relerr_rank1", "cos_fisher", "relerr_fisher", "fisher_to_gg", "fisher_mode",
@@ -392,33 +392,6 @@ def effective_lam(rule: Rule, state: State, grad: torch.Tensor, worker: int
 
 
 # ---------------------------------------------------------------- statistics of the records
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def record_lamstar(record: dict[str, Any], name: str) -> float:
-    """``lam*`` of ``name`` in a record: ``lamstar_<name>``, else ``lamscale_<name> * lam``; NaN if neither."""
-    value = record.get(f"lamstar_{name}")
-    if _finite(value):
-        return float(value)
-    scale, lam = record.get(f"lamscale_{name}"), record.get("lam")
-    return float(scale) * float(lam) if _finite(scale) and _finite(lam) else math.nan
-
-
-def percentiles(values: list[float]) -> dict[str, float] | None:
-    """``count`` and the 10/25/50/75/90th percentiles (linear interpolation, as numpy's default); None if empty."""
-    if not values:
-        return None
-    s = sorted(values)
-    out: dict[str, float] = {"count": len(s)}
-    for label, q in PERCENTILES:
-        pos = q * (len(s) - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, len(s) - 1)
-        out[label] = s[lo] + (s[hi] - s[lo]) * (pos - lo)
-    return out
 
 
 def _median(values: list[float]) -> float | None:

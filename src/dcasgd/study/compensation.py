@@ -18,9 +18,8 @@ whose docstring defines every field) and draws four panels:
 
 Pushes with staleness 0 are left out (there every estimate is exact and
 ``lam*`` is undefined), and so is a field a record lacks (a run probed
-before that field existed).  This module stays torch-free, so
-:func:`_lamstar` and :func:`_percentile` repeat ``record_lamstar`` and
-``percentiles`` of :mod:`dcasgd.engine.probe`.
+before that field existed).  Records are read with the torch-free
+:mod:`dcasgd.engine.probe_records`.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from ..engine.probe_records import finite as _finite, quantile, record_lamstar  # noqa: E402
 
 SERIES = (("delayed", "delayed g(w_bak)", "tab:red", "o"),
           ("dc", "DC-ASGD diagonal g + λ g⊙g⊙Δw", "tab:blue", "s"),
@@ -66,32 +67,8 @@ def load_probe_records(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _positive(value: Any) -> bool:
     return _finite(value) and value > 0
-
-
-def _lamstar(record: dict[str, Any], name: str) -> float:
-    """``lamstar_<name>``, else ``lamscale_<name> * lam`` (as ``engine.probe.record_lamstar``); NaN if neither."""
-    value = record.get(f"lamstar_{name}")
-    if _finite(value):
-        return float(value)
-    scale, lam = record.get(f"lamscale_{name}"), record.get("lam")
-    return float(scale) * float(lam) if _finite(scale) and _finite(lam) else math.nan
-
-
-def _percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` by linear interpolation (numpy's default); NaN if empty."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def _rolling_median(values: list[float], window: int) -> list[float]:
@@ -148,10 +125,10 @@ def _plot_lamstar(records: list[dict[str, Any]], ax) -> None:
     lam_name = "λ₀" if forms == {"dc-asgd-a"} else "λ"
     positions, names, extremes = [], [], []
     for name in SCALED:
-        values = [v for v in (_lamstar(r, name) for r in records) if math.isfinite(v)]
+        values = [v for v in (record_lamstar(r, name) for r in records) if math.isfinite(v)]
         if not values:
             continue
-        p10, p25, p50, p75, p90 = (_percentile(values, q) for q in PERCENTILES)
+        p10, p25, p50, p75, p90 = (quantile(values, q) for q in PERCENTILES)
         x = len(positions)
         label, color = styles[name]
         ax.add_patch(plt.Rectangle((x - 0.3, p25), 0.6, p75 - p25, facecolor=color, alpha=0.35, edgecolor=color))
