@@ -78,8 +78,8 @@ def test_shared_memory_files_carry_the_gradient_and_the_weights(tmp_path, monkey
     async def scenario():
         server = lead(prefix="test-run")
         server_node = None                                          # Ray off: the lead's node reads as None
-        files = server.attach(0, server_node)
-        assert files is not None and sorted(files) == ["buffers", "grad", "weights"]
+        files = await server.attach(0, server_node)
+        assert files is not None and sorted(files) == ["buffers", "grad", "socket", "weights"]
         grad_file, weight_file = shm.mapped(files["grad"], 6), shm.mapped(files["weights"], 6)
         generation = (await server.worker_join(0))["generation"]
         first = await server.step(0, generation, None, None, 10)
@@ -87,7 +87,15 @@ def test_shared_memory_files_carry_the_gradient_and_the_weights(tmp_path, monkey
         grad_file.copy_(torch.full((6,), 2.0))                      # backward writes here
         second = await server.step(0, generation, push(1, 0, None), None, 10)
         assert second["report"]["applied"] and weight_file.tolist() == [x - 1.0 for x in range(6)]
-        assert server.attach(0, server_node) == files               # a restarted worker gets the same files
+        assert await server.attach(0, server_node) == files         # a restarted worker gets the same files
+        channel = await asyncio.to_thread(shm.Channel, files["socket"], 5.0)   # the step over the socket
+        grad_file.copy_(torch.full((6,), 1.0))
+        await asyncio.to_thread(channel.send, {"step": [0, generation, push(2, 1, None), None, 10]})
+        reply = await asyncio.to_thread(channel.receive)
+        assert reply["report"] == {"loss": 1.5, "version": 2, "applied": True}
+        assert reply["pulled"] == [None, 2, None] and weight_file.tolist() == [x - 1.5 for x in range(6)]
+        channel.close()
+        server._channel.close()
     run(scenario())
     shm.remove("test-run")
     assert not list(tmp_path.iterdir())

@@ -6,6 +6,7 @@ coordinator in one asyncio actor.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import warnings
@@ -276,12 +277,12 @@ class LeadServer:
         self.coordinator = Coordinator(**coordinator)
         self.shm_prefix = shm_prefix
         self.links: dict[int, dict[str, torch.Tensor]] = {}   # worker -> its shared files (same node only)
+        self._channel: asyncio.AbstractServer | None = None    # the step socket of same-node workers
         self.spent = {"steps": 0, "push_s": 0.0, "pull_s": 0.0}   # server time inside step calls
 
-    def attach(self, worker: int, node_id: str) -> dict[str, str] | None:
-        """Shared-memory files for ``worker`` if it runs on this node (:mod:`.shm`), else None.
-
-        A restarted worker gets the same files again.
+    async def attach(self, worker: int, node_id: str) -> dict[str, str] | None:
+        """Shared-memory files and the step socket for ``worker`` if it runs on this node (:mod:`.shm`),
+        else None.  A restarted worker gets the same files again.
         """
         self.shard._check_worker(worker)
         here = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
@@ -292,7 +293,27 @@ class LeadServer:
             sizes = {"grad": self.shard.core.num_params, "weights": self.shard.core.num_params,
                      "buffers": self.shard.buffers.numel()}
             self.links[worker] = {kind: shm.create(path, sizes[kind]) for kind, path in files.items()}
-        return files
+        if self._channel is None:
+            path = shm.socket_path(self.shm_prefix)
+            self._channel = await asyncio.start_unix_server(self._serve, path=path)
+            os.chmod(path, 0o600)                               # this user's processes only
+        return {**files, "socket": shm.socket_path(self.shm_prefix)}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One worker's connection: each message is a :meth:`step` call, answered in order."""
+        try:
+            while (message := await shm.read_message(reader)) is not None:
+                try:
+                    reply = await self.step(*message["step"])
+                    reply["pulled"] = reply["pulled"] and [None, reply["pulled"][1], None]   # data: in the files
+                except Exception as exc:  # noqa: BLE001 - the worker raises it (the run fails, as with Ray)
+                    reply = {"error": f"{type(exc).__name__}: {exc}"}
+                writer.write(shm.encode(reply))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass                                                # the worker died: its grant is the driver's
+        finally:
+            writer.close()
 
     # shard 0
     def pull(self, worker: int):
@@ -320,6 +341,7 @@ class LeadServer:
             await self.coordinator.applied(worker, num_samples)
         return version
 
+    @ray.method(enable_task_events=False)            # the hot path: no per-call task records in Ray's GCS
     async def step(self, worker: int, generation: int, push: dict[str, Any] | None, report: dict[str, Any] | None,
                    num_samples: int) -> dict[str, Any]:
         """A whole gradient exchange in one call, for a one-shard server: push, report, next grant, pull.
@@ -339,6 +361,8 @@ class LeadServer:
         if push is not None:
             report["loss"] = push["meta"].get("loss")
             grad = link["grad"] if push["grad"] is None else push["grad"]      # None: in the worker's shared file
+            if push["buffers"] == "shared":
+                push = {**push, "buffers": link["buffers"]}
             try:
                 report["version"] = await self.push(worker, push["seq"], push["base_version"], grad,
                                                     push["num_samples"], push["meta"], push["buffers"],
@@ -363,6 +387,8 @@ class LeadServer:
         """A pull written straight into the worker's shared file: (None, version, BatchNorm buffers)."""
         weights, version = self.shard.core.pull(worker, copy=False)
         link["weights"].copy_(weights)                      # plain code: nothing else runs on the loop meanwhile
+        if self.shard.buffers.numel():
+            link["buffers"].copy_(self.shard.buffers)
         return None, version, (self.shard.buffers.clone().numpy() if self.shard.buffers.numel() else None)
 
     def join(self, worker: int) -> int:

@@ -159,6 +159,10 @@ class RayWorker:
         n = self.flat.num_params
         self.flat.rebind(shm.mapped(files["weights"], n), shm.mapped(files["grad"], n))
         self.weights = self.flat.params
+        self.shared_buffers = shm.mapped(files["buffers"], self.buffers.numel())
+        if getattr(self, "channel", None) is not None:
+            self.channel.close()
+        self.channel = shm.Channel(files["socket"], PUSH_TIMEOUT_S)
         return True
 
     def _receive(self, pulled: tuple[np.ndarray | None, int, np.ndarray | None]) -> list[int]:
@@ -166,24 +170,37 @@ class RayWorker:
         weights, version, buffers = pulled
         if weights is not None:
             np.copyto(self.weights.numpy(), weights)
+        elif self.buffers.numel():
+            self.buffers.copy_(self.shared_buffers)            # the server's BatchNorm statistics
         if buffers is not None and buffers.size == self.buffers.numel():
             self.buffers.copy_(torch.from_numpy(np.asarray(buffers)))
         return [int(version)]
 
     def _push_message(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, n: int,
                       meta: dict[str, Any], members: list[int] | None) -> dict[str, Any]:
-        g = None if self.shared else grad.numpy()        # None: the server reads the shared file
+        if self.shared:                                  # the server reads both from the shared files
+            if buffers.numel():
+                self.shared_buffers.copy_(buffers)
+            g, sent_buffers = None, ("shared" if buffers.numel() else None)
+        else:
+            g, sent_buffers = grad.numpy(), (buffers.numpy() if buffers.numel() else None)
         return {"seq": seq, "base_version": base[0], "grad": g, "num_samples": n, "meta": meta,
-                "buffers": buffers.numpy() if buffers.numel() else None, "members": members or None,
-                "nonfinite": not all_finite(grad)}
+                "buffers": sent_buffers, "members": members or None, "nonfinite": not all_finite(grad)}
 
     def _step(self, generation: int, push: dict[str, Any] | None, report: dict[str, Any] | None,
               num_samples: int, seq: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        """One :meth:`LeadServer.step` call; returns (the push's report, the next grant, the pull)."""
-        ref = self.shards[0].step.remote(self.index, generation, push, report, num_samples)
+        """One :meth:`LeadServer.step` call (over the local socket on the lead's node, else a Ray call);
+        returns (the push's report, the next grant, the pull)."""
+        args = [self.index, generation, push, report, num_samples]
+        if self.shared:
+            self.channel.send({"step": args})
+        else:
+            ref = self.shards[0].step.remote(*args)
         if push is not None and self.hooks.get("push_pause_s"):
             self._push_pause(seq)()
-        reply = ray.get(ref, timeout=PUSH_TIMEOUT_S)
+        reply = self.channel.receive() if self.shared else ray.get(ref, timeout=PUSH_TIMEOUT_S)
+        if "error" in reply:
+            raise RuntimeError(f"the lead server failed a step: {reply['error']}")
         return reply["report"], reply["grant"], reply["pulled"]
 
     def _push(self, seq: int, base: list[int], grad: torch.Tensor, buffers: torch.Tensor, loss: float,
