@@ -509,5 +509,7 @@ def test_workers_on_the_lead_node_use_shared_memory_files_that_go_away_with_the_
 
     summary = rb.run_ray(make_cfg(tmp_path / "shm", epochs=0.5), instrument=rb.Instrumentation(on_tick=look))
     assert summary["updates"] == 32 and summary["final_test_error"] < 60
-    assert {name.rsplit("-", 2)[-2] for name in seen} == {"w0", "w1"}          # one set of files per worker
+    workers = {name.rsplit("-", 2)[-2] for name in seen if name.endswith(("-grad", "-weights", "-buffers"))}
+    assert workers == {"w0", "w1"}                                            # one set of files per worker
+    assert any(name.endswith("-step.sock") for name in seen)                  # and the run's step socket
     assert not list(Path("/dev/shm").glob("dcasgd-*"))                        # removed when the run ended
