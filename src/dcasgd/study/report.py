@@ -316,6 +316,12 @@ def write_findings(numbers: dict[str, Any], out: Path) -> list[Path]:
                      f"{secs_pm(target['sequential_finish_s'], target['sequential_finish_std_s'], target['n'])}. "
                      + ". ".join(soon)
                      + (f". Over all M: {_soonest_text(overall, with_m=True)}." if len(soon) > 1 else "."))
+        for rung in g.get("ladder", []):
+            took = (secs_pm(rung["sequential_s"], rung["sequential_std_s"], rung["sequential_n"])
+                    if rung["sequential_n"] else "never")
+            lines.append(f"- **Within {rung['offset']:g} points of it ({rung['target']:.2f}%):** sequential SGD at "
+                         f"{took}; " + "; ".join(f"M={s['workers']}: " + _soonest_text(s) for s in rung["soonest"])
+                         + ".")
         gap = g["gap_to_sequential"]
         if gap and gap["rows"]:
             rows = {r["method"]: r for r in gap["rows"]}
