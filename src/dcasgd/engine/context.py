@@ -178,9 +178,17 @@ def _same_dir(a: Path, b: Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+def command_line() -> str:
+    """This process's command line as a user would type it (``dcasgd train ...`` for ``python -m dcasgd``)."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("__main__.py", "dcasgd"):
+        return " ".join(["dcasgd", *sys.argv[1:]])
+    return " ".join(sys.argv)
+
+
 def write_summary(out: Path | None, summary: dict[str, Any]) -> dict[str, Any]:
     """Add the command line and write ``out/summary.json`` atomically (nothing when ``out`` is None)."""
-    summary = {**summary, "command": " ".join(sys.argv)}
+    summary = {**summary, "command": command_line()}
     if out is not None:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
