@@ -14,7 +14,7 @@ With S shards each holds a contiguous slice of P/S parameters and they work
 in parallel (separate processes or machines), so a push costs the time of
 its slowest slice.  Two checks of the shape:
 
-- the simulator (``dcasgd.sim.run_sim``, synthetic task, tiny MLP,
+- the simulator (``dcasgd.backends.sim.run_sim``, synthetic task, tiny MLP,
   ``comm_time``) for M up to 256: it gives M / T_cycle, the worker-bound
   branch (it has no server service time, so it cannot saturate);
 - a FIFO queue model (this file, a few lines of heapq) with the measured
@@ -42,7 +42,7 @@ from _bench import fmt, interleaved, median, set_threads, table  # noqa: E402
 from _readme import assemble  # noqa: E402
 from _report import write_section  # noqa: E402
 
-from dcasgd import kernels  # noqa: E402
+from dcasgd.core import kernels  # noqa: E402
 from dcasgd.config import TrainConfig  # noqa: E402
 from dcasgd.core.rules import make_rule  # noqa: E402
 from dcasgd.core.server import ServerCore  # noqa: E402

@@ -13,7 +13,7 @@
 
    The guard: ``ServerCore.push`` proves, before applying an update, that it
    leaves finite weights (``g . g`` bounds the gradient, tracked norm bounds
-   the rest; see ``dcasgd.server``).  Its cost is that one read of g plus a
+   the rest; see ``dcasgd.core.server``).  Its cost is that one read of g plus a
    few scalar operations, reported as ``push - bare`` beside ``g . g`` alone
    and the plain finite check ``kernels.all_finite(g)`` it replaced.
 
@@ -49,7 +49,7 @@ from _bench import fmt, interleaved, median, set_threads, table, verdict  # noqa
 from _readme import assemble  # noqa: E402
 from _report import write_section  # noqa: E402
 
-from dcasgd import kernels  # noqa: E402
+from dcasgd.core import kernels  # noqa: E402
 from dcasgd.core.rules import RULES, make_rule  # noqa: E402
 from dcasgd.core.server import ServerCore  # noqa: E402
 
@@ -286,7 +286,7 @@ def accuracy_section(epochs: float, seeds: list[int]) -> tuple[str, dict]:
     body = (f"Preset `fmnist-mlp` (Fashion-MNIST, MLP 784-256-256-10, batch {preset['batch_size']}, "
             f"lr {preset['lr']:g} {preset['lr_schedule']} schedule), DC-ASGD-a async, 16 simulated workers, "
             f"{epochs:g} epochs (the preset runs {preset['epochs']:g}), seeds {seeds}; "
-            f"`dcasgd.sim.run_sim(TrainConfig(..., workers=16, backup_dtype=...))`; {spent:.0f} s in all.\n\n"
+            f"`dcasgd.backends.sim.run_sim(TrainConfig(..., workers=16, backup_dtype=...))`; {spent:.0f} s in all.\n\n"
             + table(["backups", *[f"test error % seed {s}" for s in seeds], "mean"], rows)
             + f"\n\nbfloat16 - float32 final test error: {', '.join(f'{d:+.2f}' for d in diff)} points "
               f"(mean {sum(diff) / len(diff):+.2f}).  Backups hold weights the worker pulled; only the correction "

@@ -1,6 +1,6 @@
 """Where asynchrony wins: throughput and time to a target error with slow workers.
 
-On the simulator (``dcasgd.sim.run_sim``; time is simulated, so the figures
+On the simulator (``dcasgd.backends.sim.run_sim``; time is simulated, so the figures
 do not depend on this machine's speed), 4 workers, preset fmnist-mlp
 (Fashion-MNIST, MLP, batch 128, lr 0.1, jitter 0.1), for
 

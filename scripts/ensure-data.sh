@@ -1,7 +1,7 @@
 #!/bin/sh
 # Make sure Fashion-MNIST is present: Debian's package when root with apt, else the loader's download.
 PY=${1:-python3}
-if "$PY" -c "from dcasgd.data import find_dataset_dir; import sys; sys.exit(0 if find_dataset_dir('fashion-mnist') else 1)"; then
+if "$PY" -c "from dcasgd.compute.data import find_dataset_dir; import sys; sys.exit(0 if find_dataset_dir('fashion-mnist') else 1)"; then
     exit 0
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -10,4 +10,4 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }) && exit 0
 fi
 echo "downloading Fashion-MNIST into ~/.cache/dcasgd" >&2
-exec "$PY" -c "from dcasgd.data import load_dataset; load_dataset('fashion-mnist')"
+exec "$PY" -c "from dcasgd.compute.data import load_dataset; load_dataset('fashion-mnist')"

@@ -1,4 +1,4 @@
-"""Tests for dcasgd.data: IDX/CIFAR parsing and validation, downloads, search order, splits, shards."""
+"""Tests for dcasgd.compute.data: IDX/CIFAR parsing and validation, downloads, search order, splits, shards."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``BatchStream`` yields worker m's mini-batches: at each of its local epochs
 the training set is re-partitioned at random into M disjoint shards
-(:func:`dcasgd.data.shard_indices`) and the worker walks shard m in batches
+(:func:`dcasgd.compute.data.shard_indices`) and the worker walks shard m in batches
 of ``batch_size`` (the last batch of a shard may be smaller).
 
 ``compute_gradient`` loads the pulled weights (and BatchNorm statistics) into

@@ -1,6 +1,6 @@
 """Fused server-update kernels: one pass over memory per push.
 
-Every rule of :mod:`dcasgd.rules` is elementwise and memory-bound: DC-ASGD-a
+Every rule of :mod:`dcasgd.core.rules` is elementwise and memory-bound: DC-ASGD-a
 reads ``w, g, backup, ms`` and writes ``w, ms`` (24 bytes per parameter with
 float32 backups), plain SGD reads ``w, g`` and writes ``w`` (12 bytes).  A
 chain of eager torch ops streams the vectors through memory once per op

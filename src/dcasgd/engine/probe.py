@@ -406,7 +406,7 @@ class CompensationProbe:
 
     The simulator calls :meth:`maybe_record` just before the server applies a
     push.  Each record goes to ``sim.metrics`` as a ``probe`` line (and from
-    there to TensorBoard, see :func:`dcasgd.tensorboard.open_metrics`) and to :attr:`records`.
+    there to TensorBoard, see :func:`dcasgd.io.tensorboard.open_metrics`) and to :attr:`records`.
     ``version`` is the server version this push creates (as on its ``update`` line).
     """
 

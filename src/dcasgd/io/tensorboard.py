@@ -70,7 +70,7 @@ class TensorBoardLogger:
             global_step=version)
 
     def probe(self, version: int, record: dict[str, Any]) -> None:
-        """One compensation-probe record (see :mod:`dcasgd.probe`)."""
+        """One compensation-probe record (see :mod:`dcasgd.engine.probe`)."""
         for key in ("relerr_delayed", "relerr_dc", "relerr_taylor", "cos_delayed", "cos_dc", "cos_taylor",
                     "staleness", "delta_norm"):
             if record.get(key) is not None:

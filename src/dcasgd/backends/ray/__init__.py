@@ -43,14 +43,14 @@ Records: shard 0 logs every applied push in version order (worker, seq,
 base_version, version, staleness, times, loss); the driver drains the log into
 ``metrics.jsonl`` (same ``update``/``eval``/``staleness``/``event`` lines as
 the simulator, ``time_s`` = wall seconds since the start) and ``trace.jsonl``
-(which :func:`dcasgd.sim.load_trace` replays).
+(which :func:`dcasgd.backends.sim.load_trace` replays).
 
 Compensation probe (``--probe-every K``): the coordinator marks every K-th
 async grant; that worker reads the shards' current weights (and the
 MeanSquare row of dc-asgd-a) right before it pushes, then scores the delayed,
-DC and Taylor estimates with :func:`dcasgd.probe.compensation_metrics` and
+DC and Taylor estimates with :func:`dcasgd.engine.probe.compensation_metrics` and
 sends the record with its next report; the driver writes ``probe`` lines and
-``summary["probe"]`` through a :class:`~dcasgd.probe.CompensationProbe`.
+``summary["probe"]`` through a :class:`~dcasgd.engine.probe.CompensationProbe`.
 
 No arithmetic on weights here: updates happen in ServerCore and its rule,
 sync averaging in SyncBarrier.

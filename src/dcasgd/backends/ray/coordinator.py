@@ -70,6 +70,7 @@ class Coordinator:
         self.stop_reason: str | None = None
         self.diverged = False
         self.ckpt_ready = False
+        self.hold = False                          # the driver holds training (while it evaluates)
         self.events: list[dict[str, Any]] = []
         # sync rounds
         self.waiting: set[int] = set()
@@ -209,7 +210,13 @@ class Coordinator:
         return None
 
     def _paused(self) -> bool:
-        return bool(self.ckpt_every) and (self.applied_updates if self.sync else self.granted_updates) >= self.next_ckpt
+        """No new grants: the driver holds training (an evaluation), or a checkpoint is due."""
+        return self.hold or (bool(self.ckpt_every) and
+                             (self.applied_updates if self.sync else self.granted_updates) >= self.next_ckpt)
+
+    def _quiet(self) -> bool:
+        """No gradient in flight: every granted one has reached every shard (sync: no round open)."""
+        return (not self.round_active) if self.sync else all(n is None for n in self.inflight)
 
     def _decide_async(self, worker: int) -> _Grant | None:
         reason = self._stop()
@@ -257,10 +264,9 @@ class Coordinator:
                       members=sorted(self.members))
 
     def _check_checkpoint(self) -> None:
-        if self.ckpt_ready or not self.ckpt_every or not self._paused():
+        if self.ckpt_ready or not self.ckpt_every or not self._paused() or self.hold:
             return
-        quiet = (not self.round_active) if self.sync else all(n is None for n in self.inflight)
-        if quiet:
+        if self._quiet():
             self.ckpt_ready = True
             self._attention.set()
 
@@ -302,6 +308,23 @@ class Coordinator:
             pass
         self._attention.clear()
         return self.status()
+
+    async def hold_training(self, timeout_s: float) -> bool:
+        """Grant nothing until :meth:`release_training`; return once no gradient is in flight (True), or
+        after ``timeout_s`` seconds with some still in flight (False: a worker may have died meanwhile)."""
+        async with self.cond:
+            self.hold = True
+            try:
+                await asyncio.wait_for(self.cond.wait_for(lambda: self._quiet() or not self.live), timeout_s)
+            except asyncio.TimeoutError:
+                return False
+            return True
+
+    async def release_training(self) -> None:
+        async with self.cond:
+            self.hold = False
+            self._check_checkpoint()
+            self.cond.notify_all()
 
     async def checkpoint_done(self) -> None:
         async with self.cond:

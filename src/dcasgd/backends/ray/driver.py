@@ -528,7 +528,7 @@ class RayRun:
         return summary
 
     def _outcome(self) -> str:
-        """How the run ended (:data:`dcasgd.run.OUTCOMES`)."""
+        """How the run ended (:data:`dcasgd.engine.context.OUTCOMES`)."""
         if self.diverged:
             return "diverged"
         if self.stop_reason == "max_refused":

@@ -92,7 +92,7 @@ class ServerShard:
         """For the compensation probe: (weights slice copy, version, MeanSquare row or None); no backup.
 
         The row is the one ``worker``'s next push would update (dc-asgd-a), as it is now;
-        :func:`dcasgd.probe.effective_lam` turns it into ``lam_eff`` for that push.
+        :func:`dcasgd.engine.probe.effective_lam` turns it into ``lam_eff`` for that push.
         """
         self._check_worker(worker)
         ms = self.core.state.get("mean_square")
@@ -428,6 +428,12 @@ class LeadServer:
 
     async def checkpoint_done(self) -> None:
         await self.coordinator.checkpoint_done()
+
+    async def hold_training(self, timeout_s: float) -> bool:
+        return await self.coordinator.hold_training(timeout_s)
+
+    async def release_training(self) -> None:
+        await self.coordinator.release_training()
 
     async def request_stop(self, reason: str) -> None:
         await self.coordinator.request_stop(reason)

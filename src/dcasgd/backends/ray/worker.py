@@ -252,14 +252,14 @@ class RayWorker:
 
     def _probe(self, now: tuple[torch.Tensor, int, torch.Tensor | None], base: list[int], grad: torch.Tensor,
                x: torch.Tensor, y: torch.Tensor, key: int, version: int) -> dict[str, Any]:
-        """One :mod:`dcasgd.probe` record for the gradient just pushed (measured after the push).
+        """One :mod:`dcasgd.engine.probe` record for the gradient just pushed (measured after the push).
 
         ``w_now`` is what the shards held right before the push was sent; other
         workers' pushes may land in between, so ``staleness`` here is
         ``version of w_now - base_version`` and ``push_staleness`` the staleness the
         push was applied with.  ``lam_eff`` (dc-asgd-a) comes from the MeanSquare row
         read together with ``w_now``, updated with this gradient on a copy, as in
-        the simulator (:func:`dcasgd.probe.effective_lam`).
+        the simulator (:func:`dcasgd.engine.probe.effective_lam`).
         """
         weights_now, version_now, ms = now
         rule = make_rule(self.cfg.rule, **self.cfg.rule_params())
