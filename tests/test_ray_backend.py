@@ -97,6 +97,13 @@ def test_async_metrics_have_the_simulator_lines(async_run):
     assert evals[0]["version"] == 0 and evals[-1]["version"] == 128
     assert evals[-1]["test_error"] == summary["final_test_error"]
     assert [e["epoch"] for e in summary["curve"]] == [e["epoch"] for e in evals]
+    # Evaluations during training hold it (the driver shares the node with the workers): nothing is applied
+    # between the weights an evaluation reads and the time it is stamped with, and that time leaves it out.
+    middle = [e for e in evals if 0 < e["version"] < 128]
+    assert middle and summary["eval_pause_s"] > 0
+    for e in middle:
+        assert all(u["time_s"] >= e["time_s"] for u in updates if u["version"] > e["version"])
+        assert all(u["time_s"] <= e["time_s"] for u in updates if u["version"] <= e["version"])
 
 
 def test_trace_records_real_staleness_and_replays_in_the_simulator(async_run):
@@ -357,6 +364,38 @@ def test_coordinator_ssp_waits_on_the_slowest_worker_without_polling():
         grant = await asyncio.wait_for(blocked, 1)
         assert grant["go"] and grant["clock"] == 2 and grant["clock_gap"] == 1
         assert c.wait_s == [2.5, 0.0]                        # from entering next() to its grant, on the fake clock
+
+    run_async(scenario())
+
+
+def test_coordinator_stops_training_at_each_evaluation_mark_until_the_driver_has_evaluated():
+    async def scenario():
+        c = rb.Coordinator(2, "async", target_samples=12, num_train=4)     # 3 epochs of 4 samples
+        now = [100.0]
+        c.timer = lambda: now[0]                             # a fake clock: wait_s is exact
+        await c.pause_for_evaluations(1.0, 1.0)              # evaluate at epochs 1 and 2 (3 is the end)
+        g0, g1 = [(await c.worker_join(m))["generation"] for m in (0, 1)]
+        assert (await c.next(0, g0, None, 2))["go"] and (await c.next(1, g1, None, 2))["go"]   # 4 samples
+        blocked0 = asyncio.create_task(c.next(0, g0, {"applied": True}, 2))
+        await settle()
+        assert not blocked0.done() and c.status()["evaluation_ready"] == 0   # worker 1's gradient in flight
+        blocked1 = asyncio.create_task(c.next(1, g1, {"applied": True}, 2))
+        await settle()
+        assert c.status()["evaluation_ready"] == 1 and c.granted_samples == 4   # quiet at the mark
+        now[0] = 105.0                                       # the driver evaluates for 5 s
+        assert not blocked0.done() and not blocked1.done()
+        await c.evaluation_done()
+        assert (await asyncio.wait_for(blocked0, 1))["go"] and (await asyncio.wait_for(blocked1, 1))["go"]
+        assert c.status()["evaluation_ready"] == 0 and c.next_eval_epoch == 2.0
+        assert c.wait_s == [0.0, 0.0] and c.held_s == 5.0    # time stood still is not waiting on staleness
+        # the second mark (8 samples): its pause is number 2; the third mark is the end, where nobody waits
+        pending = [asyncio.create_task(c.next(m, g, {"applied": True}, 2)) for m, g in ((0, g0), (1, g1))]
+        await settle()
+        assert c.status()["evaluation_ready"] == 2 and not any(t.done() for t in pending)
+        await c.evaluation_done()
+        grants = [await asyncio.wait_for(t, 1) for t in pending]
+        assert all(gr["go"] for gr in grants) and c.granted_samples == 12 and c.next_eval_epoch == 3.0
+        assert c.status()["evaluation_ready"] == 0
 
     run_async(scenario())
 

@@ -1,4 +1,4 @@
-"""The coordinator: worker clocks, consistency waits, grants, stop and checkpoint pauses.
+"""The coordinator: worker clocks, consistency waits, grants, stop, checkpoint and evaluation pauses.
 
 Plain asyncio, no Ray: the Ray backend runs it inside the lead server actor
 (:class:`dcasgd.backends.ray.shard.LeadServer`), and its tests run it on an
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ...core.consistency import parse_consistency
+from ...engine.recorder import advance_eval_mark
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Coordinator:
 
     def __init__(self, num_workers: int, consistency: str, target_samples: int, stop_after_updates: int = 0,
                  checkpoint_every: int = 0, max_refused: int = 0, start: dict[str, Any] | None = None,
-                 probe_every: int = 0) -> None:
+                 probe_every: int = 0, num_train: int = 1) -> None:
         start = start or {}
         self.M = num_workers
         self.consistency = parse_consistency(consistency)
@@ -70,7 +71,10 @@ class Coordinator:
         self.stop_reason: str | None = None
         self.diverged = False
         self.ckpt_ready = False
-        self.hold = False                          # the driver holds training (while it evaluates)
+        # evaluation pauses (pause_for_evaluations): training stops at each mark while the driver evaluates
+        self.num_train, self.eval_every, self.next_eval_epoch = num_train, 0.0, 0.0
+        self.eval_ready, self.eval_pauses = False, 0        # a pause is ready; how many so far (numbers them)
+        self.held_s, self.hold_since = 0.0, 0.0    # timer seconds paused for evaluations, when this pause began
         self.events: list[dict[str, Any]] = []
         # sync rounds
         self.waiting: set[int] = set()
@@ -108,7 +112,7 @@ class Coordinator:
     async def next(self, worker: int, generation: int, report: dict[str, Any] | None,
                    num_samples: int) -> dict[str, Any]:
         """Report the last gradient; wait until the next one may start (or the run stops)."""
-        entered = self.timer()
+        entered, held_before = self.timer(), self._held_clock()
         async with self.cond:
             if generation != self.generation[worker]:
                 return vars(_Grant(False, "superseded"))
@@ -117,14 +121,14 @@ class Coordinator:
             self.pending_n[worker] = num_samples
             if self.sync:
                 self.waiting.add(worker)
-            self._check_checkpoint()
+            self._check_pauses()
             self.cond.notify_all()
             while True:
                 if generation != self.generation[worker] or worker not in self.live:
                     return vars(_Grant(False, "dead"))
                 grant = self._decide_sync(worker) if self.sync else self._decide_async(worker)
                 if grant is not None:
-                    self.wait_s[worker] += self.timer() - entered
+                    self.wait_s[worker] += (self.timer() - entered) - (self._held_clock() - held_before)
                     if not grant.go:
                         self.live.discard(worker)
                         self.finished.add(worker)
@@ -210,9 +214,16 @@ class Coordinator:
         return None
 
     def _paused(self) -> bool:
-        """No new grants: the driver holds training (an evaluation), or a checkpoint is due."""
-        return self.hold or (bool(self.ckpt_every) and
-                             (self.applied_updates if self.sync else self.granted_updates) >= self.next_ckpt)
+        """No new grants: a checkpoint or an evaluation is due."""
+        return self._checkpoint_due() or self._evaluation_due()
+
+    def _checkpoint_due(self) -> bool:
+        return bool(self.ckpt_every) and (self.applied_updates if self.sync else self.granted_updates) >= self.next_ckpt
+
+    def _evaluation_due(self) -> bool:
+        """The granted samples reach the next evaluation mark (epochs) before the end of training."""
+        return (bool(self.eval_every) and self.granted_samples < self.target_samples
+                and self.granted_samples / self.num_train + 1e-12 >= self.next_eval_epoch)
 
     def _quiet(self) -> bool:
         """No gradient in flight: every granted one has reached every shard (sync: no round open)."""
@@ -263,11 +274,16 @@ class Coordinator:
         return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks),
                       members=sorted(self.members))
 
-    def _check_checkpoint(self) -> None:
-        if self.ckpt_ready or not self.ckpt_every or not self._paused() or self.hold:
+    def _check_pauses(self) -> None:
+        """Tell the driver (attention) once a due checkpoint or evaluation finds no gradient in flight."""
+        if not self._quiet():
             return
-        if self._quiet():
+        if not self.ckpt_ready and self._checkpoint_due():
             self.ckpt_ready = True
+            self._attention.set()
+        if not self.eval_ready and self._evaluation_due():
+            self.eval_ready, self.hold_since = True, self.timer()
+            self.eval_pauses += 1
             self._attention.set()
 
     def _event(self, what: str, worker: int, **extra: Any) -> None:
@@ -295,7 +311,7 @@ class Coordinator:
                     self.granted_updates -= 1
                     self.round_active = False
                 self._maybe_end_round()
-            self._check_checkpoint()
+            self._check_pauses()
             self.cond.notify_all()
             return was_live
 
@@ -309,21 +325,25 @@ class Coordinator:
         self._attention.clear()
         return self.status()
 
-    async def hold_training(self, timeout_s: float) -> bool:
-        """Grant nothing until :meth:`release_training`; return once no gradient is in flight (True), or
-        after ``timeout_s`` seconds with some still in flight (False: a worker may have died meanwhile)."""
-        async with self.cond:
-            self.hold = True
-            try:
-                await asyncio.wait_for(self.cond.wait_for(lambda: self._quiet() or not self.live), timeout_s)
-            except asyncio.TimeoutError:
-                return False
-            return True
+    def _held_clock(self) -> float:
+        """Timer seconds training has stood still for evaluations so far (``wait_s`` leaves them out)."""
+        return self.held_s + (self.timer() - self.hold_since if self.eval_ready else 0.0)
 
-    async def release_training(self) -> None:
+    async def pause_for_evaluations(self, eval_every: float, next_eval_epoch: float) -> None:
+        """From now on stop granting at every ``eval_every`` epochs of granted samples, from ``next_eval_epoch``
+        on, until the driver has evaluated (``evaluation_ready`` in :meth:`status`, then :meth:`evaluation_done`)."""
         async with self.cond:
-            self.hold = False
-            self._check_checkpoint()
+            self.eval_every, self.next_eval_epoch = eval_every, next_eval_epoch
+
+    async def evaluation_done(self) -> None:
+        """The driver evaluated the weights at the mark: training goes on to the next mark."""
+        async with self.cond:
+            if self.eval_ready:
+                self.held_s += self.timer() - self.hold_since
+            self.eval_ready = False
+            self.next_eval_epoch = advance_eval_mark(self.next_eval_epoch, self.granted_samples / self.num_train,
+                                                     self.eval_every)
+            self._check_pauses()
             self.cond.notify_all()
 
     async def checkpoint_done(self) -> None:
@@ -331,7 +351,7 @@ class Coordinator:
             self.ckpt_ready = False
             while self.ckpt_every and self.next_ckpt <= self.applied_updates:
                 self.next_ckpt += self.ckpt_every
-            self._check_checkpoint()
+            self._check_pauses()
             self.cond.notify_all()
 
     async def request_stop(self, reason: str) -> None:
@@ -344,7 +364,8 @@ class Coordinator:
         probes, self.probes = self.probes, []
         return {"events": events, "probes": probes, "probe_pushes": self.probe_pushes, "pids": list(self.pids),
                 "lost_gradients": list(self.lost),
-                "checkpoint_ready": self.ckpt_ready, "stop_reason": self._stop(),
+                "checkpoint_ready": self.ckpt_ready, "evaluation_ready": self.eval_pauses if self.eval_ready else 0,
+                "stop_reason": self._stop(),
                 "diverged": self.diverged, "refused": list(self.refused), "wait_s": list(self.wait_s),
                 "live": sorted(self.live), "finished": sorted(self.finished), "updates": self.applied_updates,
                 "samples": self.applied_samples, "clock": list(self.clock)}

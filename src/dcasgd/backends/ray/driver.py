@@ -162,7 +162,7 @@ class RayRun:
                             "target_samples": self.target_samples, "stop_after_updates": cfg.stop_after_updates,
                             "checkpoint_every": cfg.checkpoint_every, "max_refused": cfg.max_refused,
                             "start": dict(resume["coordinator"]) if resume else None,
-                            "probe_every": cfg.probe_every}
+                            "probe_every": cfg.probe_every, "num_train": len(ctx.data.train_y)}
         # a nested ObjectRef is not resolved for us: shard 0 gets the array itself
         lead = ray.remote(LeadServer).options(max_restarts=0, **server_opts).remote(
             {**shard_args(0), "weights": flat.params.numpy()}, coordinator_args, self.shm_prefix)
@@ -190,6 +190,8 @@ class RayRun:
         except ray.exceptions.RayActorError as exc:
             raise RayBackendError(f"an actor failed to start: {exc}") from None
         self.server_bytes = sum(i["bytes"] for i in infos)
+        self.pause_for_eval = ray.get_runtime_context().get_node_id() in self.placement["workers"]
+        self.eval_pause_s, self.eval_pauses = 0.0, 0         # seconds training stood still for evaluations; how often
         self.t0 = time.time() - self.elapsed_before       # time_s: wall seconds of training (continued on resume)
 
     # ------------------------------------------------------------ main
@@ -302,6 +304,9 @@ class RayRun:
         self.pending = {w.run.remote(): m for m, w in enumerate(a.workers)}
         self.restarting: dict[int, float] = {}          # worker -> when its restart was asked for
         self.resubmit_at: dict[int, float] = {}         # worker -> when to call run() again
+        if self.pause_for_eval:
+            self._server_call(a.coordinator.pause_for_evaluations.remote(self.cfg.eval_every,
+                                                                        self.recorder.next_eval_epoch))
         event_ref = a.coordinator.wait_event.remote(self.tick_s)
         stop_asked = False
         while self.pending or self.resubmit_at:
@@ -324,13 +329,13 @@ class RayRun:
             self._drain()
             if status is not None:
                 self._on_status(status)
-            if self.recorder.evaluation_due(self.epoch):
+            if not self.pause_for_eval and self.recorder.evaluation_due(self.epoch):
                 self._evaluate()
             if self.on_tick is not None:
                 self.on_tick(self)
             self.recorder.show_progress(self.epoch, self.version)
         self.done = True
-        self.loop_s = time.perf_counter() - self.loop_start
+        self.loop_s = time.perf_counter() - self.loop_start - self.eval_pause_s
         # The wait_event call still outstanding takes (and empties) the coordinator's events and probe
         # records when it wakes: read its answer, or what it took is lost; then whatever came after it.
         self._on_status(self._server_call(event_ref))
@@ -363,6 +368,9 @@ class RayRun:
             self._drain()                                     # the log up to the pause, then the snapshot
             self._checkpoint()
             self._server_call(self.actors.coordinator.checkpoint_done.remote())
+        if status.get("evaluation_ready", 0) > self.eval_pauses:   # (a later status may still show it ready)
+            self.eval_pauses = status["evaluation_ready"]
+            self._evaluate_at_mark()
 
     def _worker_exit(self, m: int, ref: Any) -> None:
         try:
@@ -445,13 +453,31 @@ class RayRun:
         buffers = torch.from_numpy(np.array(results[0][2]))
         return weights, buffers, int(results[0][1]), float(results[0][3])
 
-    def _evaluate(self) -> None:
+    def _evaluate_at_mark(self) -> None:
+        """The coordinator stopped training at an evaluation mark (the driver shares a node with workers).
+
+        Evaluating meanwhile would take the CPU from the workers on this node and make them look
+        slow, so training stands still from the mark (every granted gradient applied) until the
+        evaluation is done; ``t0`` then moves on by that time, so ``time_s`` and ``training_s`` count
+        training only (``eval_pause_s`` in the summary is the total).
+        """
+        still_at = time.time()
+        self._drain()
+        if not self.done:
+            self._evaluate(time_s=still_at - self.t0)
+        held = time.time() - still_at                        # (training goes on once the call below lands)
+        self._server_call(self.actors.coordinator.evaluation_done.remote())
+        self.t0 += held
+        self.eval_pause_s += held
+
+    def _evaluate(self, time_s: float | None = None) -> None:
+        """Evaluate the shards' current weights; ``time_s`` (default: now) is the training time they stand for."""
         weights, buffers, version, lr = self._pull_weights()
         self.lr = lr
         self.version = max(self.version, version)
         self.recorder.stats.wait_s = [float(w) for w in self.status["wait_s"]]
-        self.recorder.evaluate(weights, buffers, version=version, epoch=self.epoch, time_s=time.time() - self.t0,
-                               lr=lr)
+        self.recorder.evaluate(weights, buffers, version=version, epoch=self.epoch,
+                               time_s=time.time() - self.t0 if time_s is None else time_s, lr=lr)
         self.final_weights, self.final_buffers = weights, buffers
 
     def _staleness(self) -> dict[str, Any]:
@@ -564,6 +590,7 @@ class RayRun:
             backend="ray",
             updates_per_s=(self.version - self.start_version) / max(getattr(self, "loop_s", wall), 1e-9),
             training_s=getattr(self, "loop_s", None),
+            eval_pause_s=self.eval_pause_s,
             wait_s_per_worker=staleness["wait_s_per_worker"],
             refused_per_worker=list(self.status["refused"]),
             lost_gradients_per_worker=list(self.status.get("lost_gradients", [])),

@@ -429,11 +429,11 @@ class LeadServer:
     async def checkpoint_done(self) -> None:
         await self.coordinator.checkpoint_done()
 
-    async def hold_training(self, timeout_s: float) -> bool:
-        return await self.coordinator.hold_training(timeout_s)
+    async def pause_for_evaluations(self, eval_every: float, next_eval_epoch: float) -> None:
+        await self.coordinator.pause_for_evaluations(eval_every, next_eval_epoch)
 
-    async def release_training(self) -> None:
-        await self.coordinator.release_training()
+    async def evaluation_done(self) -> None:
+        await self.coordinator.evaluation_done()
 
     async def request_stop(self, reason: str) -> None:
         await self.coordinator.request_stop(reason)
