@@ -99,9 +99,9 @@ def step_exchange(size: int, shared: bool):
     state = {"version": reply["pulled"][1]}
 
     def exchange() -> None:
-        push = {"seq": next(seq), "base_version": state["version"], "grad": grad, "num_samples": 1,
+        push = {"seq": next(seq), "base_version": state["version"], "grad": None, "num_samples": 1,
                 "meta": {"loss": 0.0}, "buffers": None, "members": None, "nonfinite": False}
-        answer = ray.get(lead.step.remote(0, generation, push, None, 1))
+        answer = ray.get(lead.step.remote(0, generation, push, None, 1, grad))   # grad: top-level, as workers do
         pulled, version, _ = answer["pulled"]
         if pulled is not None:
             np.copyto(weights, pulled)                        # into the worker's flat buffer

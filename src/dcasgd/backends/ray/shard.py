@@ -343,13 +343,16 @@ class LeadServer:
 
     @ray.method(enable_task_events=False)            # the hot path: no per-call task records in Ray's GCS
     async def step(self, worker: int, generation: int, push: dict[str, Any] | None, report: dict[str, Any] | None,
-                   num_samples: int) -> dict[str, Any]:
+                   num_samples: int, grad: np.ndarray | None = None) -> dict[str, Any]:
         """A whole gradient exchange in one call, for a one-shard server: push, report, next grant, pull.
 
         ``push`` (None to begin) holds ``seq``, ``base_version``, ``grad``, ``num_samples``,
         ``meta``, ``buffers``, ``members`` and ``nonfinite`` (the worker found NaN/Inf in it);
         it is applied exactly as :meth:`push` would (a retried seq is not applied twice).
-        ``report`` carries what else the coordinator should hear (a probe record).  The
+        A worker off this node sends the gradient as ``grad``, an argument of its own: Ray
+        hands a top-level array to an asyncio actor several times faster than one nested in
+        a dict (``benchmarks/ray_transport.py``); on this node it sits in the worker's shared
+        file (both None).  ``report`` carries what else the coordinator should hear (a probe record).  The
         reply: ``report`` (what became of the push), ``grant`` (the coordinator's answer for
         the next gradient of ``num_samples`` samples, which may have waited: ssp, sync,
         a checkpoint pause) and ``pulled`` (this shard's :meth:`ServerShard.pull`, when granted).
@@ -360,7 +363,8 @@ class LeadServer:
         started = time.perf_counter()
         if push is not None:
             report["loss"] = push["meta"].get("loss")
-            grad = link["grad"] if push["grad"] is None else push["grad"]      # None: in the worker's shared file
+            if grad is None:
+                grad = link["grad"] if push.get("grad") is None else push["grad"]   # None: in the shared file
             if push["buffers"] == "shared":
                 push = {**push, "buffers": link["buffers"]}
             try:

@@ -194,8 +194,10 @@ class RayWorker:
         args = [self.index, generation, push, report, num_samples]
         if self.shared:
             self.channel.send({"step": args})
-        else:
-            ref = self.shards[0].step.remote(*args)
+        else:                                            # the gradient as an argument of its own (see step)
+            grad = None if push is None else push["grad"]
+            message = None if push is None else {**push, "grad": None}
+            ref = self.shards[0].step.remote(self.index, generation, message, report, num_samples, grad)
         if push is not None and self.hooks.get("push_pause_s"):
             self._push_pause(seq)()
         reply = self.channel.receive() if self.shared else ray.get(ref, timeout=PUSH_TIMEOUT_S)
