@@ -68,20 +68,21 @@ in the order above, then repeat r + 1; figures are medians over repeats.
 **Training clocks**:
 
 - dcasgd: ``training_s`` of ``summary.json`` (the driver's loop, from the
-  first grant to the last update; actor start-up and data loading excluded).
-  Its evaluations run in the driver *while* the workers train, so they are
-  included (and take CPU from the workers); each curve point is stamped when
-  its evaluation ends, counted from the end of the epoch-0 evaluation (when
-  the loop starts).
+  first grant to the last update; actor start-up, data loading and the
+  epoch-0 evaluation excluded).  Its driver shares the node with the
+  workers, so training stands still at each evaluation mark until the
+  evaluation is done (every granted gradient applied first), and that pause
+  is left out of ``training_s`` and of the curve's ``time_s``
+  (``eval_pause_s`` in the summary); each curve point is stamped with the
+  training time of its mark.
 - ray-doc and hogwild: from the first gradient request to the last update,
   **with the evaluations excluded**: at each evaluation mark the clock stops
   once the weights are fetched (ray-doc) or every worker has finished its
   share (hogwild), the test set is evaluated, and the clock restarts.  In
   ray-doc the gradients in flight (at most one per worker) keep computing
   during the pause; in hogwild the workers wait at each mark, so a mark also
-  costs the wait for the slowest worker.  Both effects are small and bounded
-  by one gradient per worker per mark; the evaluation rule favours the peers
-  over dcasgd.
+  costs the wait for the slowest worker, as in dcasgd.  Both effects are
+  small and bounded by one gradient per worker per mark.
 
 Output: a table per model to stdout and, with machine, date, commit and
 command, to ``DIR/peers.md`` (default benchmarks/results/), which
@@ -327,6 +328,7 @@ class RunResult:
     training_s: float
     curve: list[tuple[float, float, float]]         # (epoch, training-clock seconds, test error %)
     eval_s: float | None = None                     # dcasgd: seconds its driver spent evaluating
+    eval_pause_s: float | None = None               # dcasgd: seconds training stood still for them
 
     @property
     def final_error(self) -> float | None:
@@ -362,7 +364,8 @@ def dcasgd_command(job: Job, data: Data, rule_flags: list[str], out: str) -> lis
 
 
 def result_from_summary(summary: dict) -> RunResult:
-    """Figures of a dcasgd summary.json; curve times counted from the end of the epoch-0 evaluation."""
+    """Figures of a dcasgd summary.json; curve times counted from the epoch-0 evaluation (0 since it is
+    left out of the training clock)."""
     missing = [k for k in ("updates_per_s", "training_s", "updates", "final_test_error", "curve") if k not in summary]
     if missing:
         raise SystemFailed(f"summary.json lacks {', '.join(missing)}")
@@ -372,7 +375,7 @@ def result_from_summary(summary: dict) -> RunResult:
     if not points:
         raise SystemFailed("summary.json has no evaluation after epoch 0 in its curve")
     return RunResult(summary["updates_per_s"], summary["updates"], summary["training_s"], points,
-                     summary.get("eval_wall_s"))
+                     summary.get("eval_wall_s"), summary.get("eval_pause_s"))
 
 
 def run_dcasgd(rule_flags: list[str], job: Job, data: Data) -> RunResult:
@@ -652,15 +655,16 @@ def headlines(model: str, runs: dict[str, list[RunResult]], target: float) -> li
 
 
 def dcasgd_evaluation_note(runs: dict[str, list[RunResult]], job: Job) -> str:
-    """How much of dcasgd's training clock its driver spent evaluating (on the workers' cores)."""
+    """How long dcasgd's training stood still for its driver's evaluations (left out of its clock)."""
     dcasgd_runs = [r for system in DCASGD_RULE_FLAGS for r in runs[system]]
     eval_s = median_or_none([r.eval_s for r in dcasgd_runs])
-    if eval_s is None:
-        return "dcasgd's summary.json gave no `eval_wall_s`, so its evaluation time is not known."
+    paused_s = median_or_none([r.eval_pause_s for r in dcasgd_runs])
+    if eval_s is None or paused_s is None:
+        return "dcasgd's summary.json gave no `eval_wall_s` or `eval_pause_s`, so its evaluation time is not known."
     training_s = statistics.median(r.training_s for r in dcasgd_runs)
     return (f"dcasgd's driver spent a median {eval_s:.1f} s evaluating (`eval_wall_s`: {job.evals + 1} "
-            f"evaluations, the one at epoch 0 before its clock starts included) against a median training clock "
-            f"of {training_s:.1f} s; the evaluations after epoch 0 ran on the cores its workers were using.")
+            f"evaluations, the one at epoch 0 included); training stood still for {paused_s:.1f} s of it "
+            f"(`eval_pause_s`, left out of its training clock of {training_s:.1f} s).")
 
 
 def report(results: dict[str, dict[str, list[RunResult]]], jobs: dict[str, Job], targets: dict[str, float],
@@ -687,10 +691,9 @@ def report(results: dict[str, dict[str, list[RunResult]]], jobs: dict[str, Job],
              "median over repeats of this row's updates/s over that system's in the same repeat; the limit is "
              "M x the gradients/s of one process computing the same gradients alone (forward + backward, "
              "batch gather included, one thread), so `x limit` is the fraction of it reached.  Training clocks: "
-             "dcasgd's `training_s` includes its evaluations (run by its driver while the workers train; curve "
-             "times count from the end of the epoch-0 evaluation and are stamped when each evaluation ends); "
-             "the Ray-doc PS and Hogwild clocks **exclude** their evaluations (stopped at each mark, "
-             "restarted after), which favours them.  Time to target: training-clock seconds at the first of "
+             "every system's clock **excludes** its evaluations (dcasgd's `training_s` leaves out the time its "
+             "training stood still while the driver evaluated, `eval_pause_s`; the Ray-doc PS and Hogwild clocks "
+             "stop at each mark and restart after).  Time to target: training-clock seconds at the first of "
              f"the {evals} evaluations at or below the target, median over the repeats that reached it.")
     return "\n\n".join([intro, notes, *tables, "\n".join(findings)])
 

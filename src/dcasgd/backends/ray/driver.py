@@ -280,7 +280,7 @@ class RayRun:
             self._log_event("resumed", -1, version=self.version, lost_updates=self.lost_updates,
                             checkpoint=resume["path"])
         else:
-            self._evaluate()                                  # error at epoch 0
+            self._evaluate(time_s=self.elapsed_before)        # error at epoch 0, before the training clock starts
 
     def _close_outputs(self) -> None:
         if getattr(self, "trace", None) is not None:
@@ -301,6 +301,7 @@ class RayRun:
     def _loop(self) -> None:
         a = self.actors
         self.loop_start = time.perf_counter()
+        self.t0 = time.time() - self.elapsed_before         # the training clock (time_s) starts here
         self.pending = {w.run.remote(): m for m, w in enumerate(a.workers)}
         self.restarting: dict[int, float] = {}          # worker -> when its restart was asked for
         self.resubmit_at: dict[int, float] = {}         # worker -> when to call run() again
