@@ -24,35 +24,56 @@ from pathlib import Path
 from typing import IO, Any
 
 
+PENDING_LINES = 4096          # lines held before they are encoded together (see MetricsWriter)
+_ENCODER = json.JSONEncoder(sort_keys=True)   # what json.dumps(..., sort_keys=True) builds anew per call
+
+
 class MetricsWriter:
     """Append-only JSON-lines writer (``path``), or an in-memory list of the lines (``path=None``).
 
-    A run flushes after each evaluation, so a crash loses at most the updates since.
+    Lines are held and encoded together at each :meth:`flush` (or every
+    ``PENDING_LINES``): one line encoded right after a gradient's forward and
+    backward pass runs with cold caches, ten times slower than in a batch.  A
+    run flushes after each evaluation, so a crash loses at most the updates
+    since, as with a buffered file.  A written record's values must not change
+    afterwards.
     """
 
     def __init__(self, path: Path | str | None, append: bool = False) -> None:
         self.path = None if path is None else Path(path)
         self.records: list[dict[str, Any]] = []            # the lines, when there is no file
+        self._pending: list[dict[str, Any]] = []           # the lines not yet encoded, when there is one
         self._file: IO[str] | None = (None if self.path is None
                                       else open(self.path, "a" if append else "w", encoding="utf-8"))
 
     def write(self, kind: str, **fields: Any) -> None:
+        record = {"kind": kind, **fields}
         if self._file is None:
-            self.records.append({"kind": kind, **fields})
-        else:
-            self._file.write(json.dumps({"kind": kind, **fields}, sort_keys=True) + "\n")
+            self.records.append(record)
+            return
+        self._pending.append(record)
+        if len(self._pending) >= PENDING_LINES:
+            self._encode_pending()
+
+    def _encode_pending(self) -> None:
+        if self._pending:
+            encode = _ENCODER.encode
+            self._file.write("".join([encode(r) + "\n" for r in self._pending]))
+            self._pending.clear()
 
     def flush(self) -> None:
         if self._file is not None:
+            self._encode_pending()
             self._file.flush()
 
     def tell(self) -> int:
         """Bytes written so far (after a flush): where a resumed run cuts the file back to."""
         if self._file is None:
             return 0
-        self._file.flush()
+        self.flush()
         return self._file.tell()
 
     def close(self) -> None:
         if self._file is not None:
+            self._encode_pending()
             self._file.close()
