@@ -51,7 +51,7 @@ def regenerate(run_dir: Path) -> list[str]:
         settings[key] = {int(k): v for k, v in settings.get(key, {}).items()}
     settings["failures"] = tuple(tuple(f) for f in settings.get("failures", ()))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = dataclasses.replace(TrainConfig(**settings), out=str(Path(tmp) / "run"), progress=False, overwrite=False)
+        cfg = dataclasses.replace(TrainConfig(**settings), out=str(Path(tmp) / "run"), progress=False)
         fresh = json.loads(json.dumps(run(cfg.validate()).summary))   # as summary.json holds it
     committed["config"].pop("out", None)
     fresh["config"].pop("out", None)

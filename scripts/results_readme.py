@@ -46,7 +46,9 @@ paper did (SSGD at M times it).
 Every number below is copied by `scripts/results_readme.py` from the
 `findings.json` that `dcasgd report` computed from the runs' summaries; the
 commands that made them are listed per study. The simulator is deterministic:
-the same commands give the same numbers. Errors are test errors in percent,
+the same commands give the same numbers, and `python scripts/regenerate_run.py
+RUN_DIR` runs one committed run again from its recorded configuration and
+compares the summaries field by field. Errors are test errors in percent,
 mean ± sample standard deviation over seeds; two results are *within the
 spread* when the intervals mean ± std overlap."""
 
