@@ -4,8 +4,10 @@
 
 Every field the committed summary.json holds must come out equal, except the
 wall-clock ones (``wall_time_s``, ``eval_wall_s``) and the command line; the
-configuration is compared field by field for the settings it records.  Runs
-use one torch thread, as ``dcasgd compare --jobs 2`` did on 2 cores.  Exit
+configuration is compared field by field for the settings it records.  Each
+run uses the torch thread count its summary records (``torch_threads``; one
+where a summary predates that key, as ``dcasgd compare --jobs 2`` used on 2
+cores), since float sums, and so the bits, depend on it.  Exit
 status 0 when every run reproduced.
 """
 
@@ -50,6 +52,7 @@ def regenerate(run_dir: Path) -> list[str]:
     for key in ("stragglers", "corrupt"):
         settings[key] = {int(k): v for k, v in settings.get(key, {}).items()}
     settings["failures"] = tuple(tuple(f) for f in settings.get("failures", ()))
+    torch.set_num_threads(committed.get("torch_threads", 1))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = dataclasses.replace(TrainConfig(**settings), out=str(Path(tmp) / "run"), progress=False)
         fresh = json.loads(json.dumps(run(cfg.validate()).summary))   # as summary.json holds it
@@ -62,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
     failed = 0
     for run_dir in args.runs:
         diff = regenerate(run_dir)

@@ -137,8 +137,8 @@ def test_the_cli_compare_and_presets_take_a_users_factories_by_import_path(tmp_p
     assert main(["compare", str(study), "--model", "mypkg.task:make_net", "--dataset", "mypkg.task:load",
                  "--methods", "asgd,dc-asgd-a", "--workers-grid", "2", "--seeds", "0", "--lr-grid", "0.1",
                  "--val-size", "60", "--epochs", "0.5", "--batch-size", "16", "--lam0-grid", ""]) == 0
-    finals = sorted(p.parent.name for p in (study / "final").glob("*/summary.json"))
-    assert finals == ["asgd-M2-s0", "dc-asgd-a-M2-s0"]
+    finals = sorted(str(p.parent.relative_to(study / "final")) for p in (study / "final").glob("*/*/summary.json"))
+    assert finals == ["homogeneous-tuned-mom0/asgd-M2-s0", "homogeneous-tuned-mom0/dc-asgd-a-M2-s0"]
     preset = tmp_path / "mine.toml"
     preset.write_text('model = "mypkg.task:make_net"\ndataset = "mypkg.task:load"\nworkers = 2\nepochs = 0.5\n'
                       'batch_size = 16\nloss = "cross-entropy"\nmetric = "error"\n')

@@ -39,6 +39,16 @@ def test_same_seed_same_bits_different_seed_different(tmp_path):
     assert (tmp_path / "a/metrics.jsonl").read_bytes() != (tmp_path / "c/metrics.jsonl").read_bytes()
 
 
+def test_the_summary_records_the_torch_threads_the_bits_depend_on(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run_sim(config(tmp_path, "one", epochs=0.5))
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((tmp_path / "one/summary.json").read_text())["torch_threads"] == 1
+
+
 @pytest.mark.parametrize("workers", [2, 4, 7])
 def test_equal_workers_run_round_robin_with_staleness_m_minus_1(tmp_path, workers):
     run_sim(config(tmp_path, workers=workers, rule="sgd"))

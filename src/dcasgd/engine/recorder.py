@@ -158,6 +158,7 @@ class Recorder:
             "max_staleness": staleness["overall"]["max"],
             "wall_time_s": time.perf_counter() - self.wall_start,
             "eval_wall_s": self.eval_wall_s,
+            "torch_threads": torch.get_num_threads(),   # float sums, hence the bits, depend on it
             "staleness": staleness,
             "pushes_per_worker": staleness["pushes_per_worker"],
             "worker_events": self.events,

@@ -416,10 +416,11 @@ def write_compensation(run_dir: Path, out: Path) -> list[Path]:
             ("rank1", "rank-1 g + λ g (g·Δw), the undiagonalised λ g gᵀ"),
             ("fisher", "per-sample Fisher diagonal g + λ F⊙Δw"),
             ("taylor", "exact first-order Taylor g + H(w_now − w_bak)")]
+    threads = f"{summary['torch_threads']} torch thread(s), " if "torch_threads" in summary else ""
     lines = [
         "# How well does delay compensation approximate the fresh gradient?",
         "",
-        f"_Run: `{summary.get('command', '?')}` ({cfg['rule']}, M={cfg['workers']}, {cfg['model']} on "
+        f"_Run: `{summary.get('command', '?')}` ({threads}{cfg['rule']}, M={cfg['workers']}, {cfg['model']} on "
         f"{cfg['dataset']}, batch size {cfg['batch_size']}); one push in {probe['every']} probed, "
         f"{probe['count_stale']} probes with staleness >= 1._",
         "",
