@@ -329,6 +329,7 @@ class RunResult:
     curve: list[tuple[float, float, float]]         # (epoch, training-clock seconds, test error %)
     eval_s: float | None = None                     # dcasgd: seconds its driver spent evaluating
     eval_pause_s: float | None = None               # dcasgd: seconds training stood still for them
+    time_split_ms: dict[str, float] | None = None   # dcasgd: a worker's ms per gradient, by part
 
     @property
     def final_error(self) -> float | None:
@@ -375,7 +376,7 @@ def result_from_summary(summary: dict) -> RunResult:
     if not points:
         raise SystemFailed("summary.json has no evaluation after epoch 0 in its curve")
     return RunResult(summary["updates_per_s"], summary["updates"], summary["training_s"], points,
-                     summary.get("eval_wall_s"), summary.get("eval_pause_s"))
+                     summary.get("eval_wall_s"), summary.get("eval_pause_s"), summary.get("time_per_gradient_ms"))
 
 
 def run_dcasgd(rule_flags: list[str], job: Job, data: Data) -> RunResult:
@@ -667,6 +668,48 @@ def dcasgd_evaluation_note(runs: dict[str, list[RunResult]], job: Job) -> str:
             f"(`eval_pause_s`, left out of its training clock of {training_s:.1f} s).")
 
 
+# Issue 15's targets on this machine: (model, yardstick, least ratio of dcasgd's updates/s to it).
+TARGETS = (("mlp", "ray-doc", 2.0), ("mlp", "limit", 0.5), ("cnn", "limit", 0.85))
+SPLIT_PARTS = (("compute", "compute (forward + backward)"), ("exchange", "exchange with the server"),
+               ("server_push", "of which the server's push"), ("server_pull", "of which the server's pull"),
+               ("other", "other (batch selection, waiting for the driver)"))
+
+
+def target_lines(results: dict[str, dict[str, list[RunResult]]]) -> list[str]:
+    """Met or missed, for each target whose model ran: dcasgd's updates/s (each rule) over the yardstick."""
+    lines = []
+    for model, yardstick, least in TARGETS:
+        if model not in results:
+            continue
+        for system in DCASGD_RULE_FLAGS:
+            ratio = ratio_median(results[model], system, yardstick)
+            what = (f"{least:g}x the Ray-doc PS" if yardstick == "ray-doc" else f"{100 * least:.0f}% of the limit")
+            shown = f"{ratio:.2f}x" if yardstick == "ray-doc" else f"{100 * ratio:.0f}%"
+            verdict = "**met**" if ratio >= least else f"**missed** (short by {100 * (1 - ratio / least):.0f}%)"
+            lines.append(f"- target, {model}, {SHORT_NAMES[system]}: at least {what}: {shown}, {verdict}")
+    return lines
+
+
+def time_split_table(runs: dict[str, list[RunResult]], job: Job) -> str:
+    """Where a dcasgd worker's time goes per gradient (medians over repeats of summary.json's
+    ``time_per_gradient_ms``) beside what one process alone needs per gradient (1000 M / limit)."""
+    alone_ms = statistics.median(1e3 * job.workers / r.updates_per_s for r in runs["limit"])
+    systems = [s for s in DCASGD_RULE_FLAGS if all(r.time_split_ms for r in runs[s])]
+    if not systems:
+        return "dcasgd's summary.json gave no `time_per_gradient_ms`."
+    lines = ["| ms per gradient, per worker | " + " | ".join(SHORT_NAMES[s] for s in systems) + " |",
+             "|---|" + "---:|" * len(systems)]
+    for key, label in SPLIT_PARTS:
+        cells = [median_or_none([r.time_split_ms.get(key) for r in runs[s]]) for s in systems]
+        if any(c is not None for c in cells):
+            lines.append(f"| {label} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+    lines.append("| one process alone (the limit's compute) | " + " | ".join(f"{alone_ms:.2f}" for _ in systems)
+                 + " |")
+    return ("Where a dcasgd worker's time goes (`time_per_gradient_ms` of summary.json, median over repeats; "
+            "compute here is measured inside the worker, so it includes the slowdown of sharing the cores "
+            "with the server, the driver and the other worker):\n\n" + "\n".join(lines))
+
+
 def report(results: dict[str, dict[str, list[RunResult]]], jobs: dict[str, Job], targets: dict[str, float],
            args: argparse.Namespace, started: float, load_at_start: float) -> str:
     import ray
@@ -677,7 +720,7 @@ def report(results: dict[str, dict[str, list[RunResult]]], jobs: dict[str, Job],
         findings += headlines(model, runs, targets[model])
         tables.append(f"### {model} ({params / 1e6:.2f}M parameters), {job.epochs:g} epochs = "
                       f"{job.total_updates} updates per run\n\n{model_table(runs, targets[model])}\n\n"
-                      f"{dcasgd_evaluation_note(runs, job)}")
+                      f"{dcasgd_evaluation_note(runs, job)}\n\n{time_split_table(runs, job)}")
     repeats = len(next(iter(next(iter(results.values())).values())))
     evals = next(iter(jobs.values())).evals
     intro = (f"python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}; "
@@ -695,7 +738,7 @@ def report(results: dict[str, dict[str, list[RunResult]]], jobs: dict[str, Job],
              "training stood still while the driver evaluated, `eval_pause_s`; the Ray-doc PS and Hogwild clocks "
              "stop at each mark and restart after).  Time to target: training-clock seconds at the first of "
              f"the {evals} evaluations at or below the target, median over the repeats that reached it.")
-    return "\n\n".join([intro, notes, *tables, "\n".join(findings)])
+    return "\n\n".join([intro, notes, *tables, "\n".join(findings + target_lines(results))])
 
 
 # ====================================================================== main

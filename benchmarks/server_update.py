@@ -6,10 +6,17 @@
    the same number of bytes.  Bytes a push must touch, per parameter
    (defaults: no momentum, no weight decay):
 
-       sgd, staleness   w read+written, g read                  12 B
+       sgd, staleness,  w read+written, g read                  12 B
+       delay-adaptive
        dc-asgd-c        + backup read                           16 B (14 B with bfloat16 backups)
        dc-asgd-a        + backup read, ms read+written          24 B (22 B)
+       gap-aware        + backup read, v read+written           24 B
+       adadelay         + S (sum of g*g) read+written           20 B
+       dana             + own v_m and sum_k v_k read+written    28 B
        ServerCore.push  + the guard's read of g (g . g)        +4 B
+
+   The four rules after dc-asgd-a (issue 14) run as eager op chains at every
+   P; the targets are for dc-asgd-a.
 
    The guard: ``ServerCore.push`` proves, before applying an update, that it
    leaves finite weights (``g . g`` bounds the gradient, tracked norm bounds
@@ -60,7 +67,8 @@ TARGET_SIZES = (11_000_000, 25_000_000)
 
 def rule_bytes(rule: str, backup_bytes: int = 4, push: bool = False) -> int:
     """Bytes per parameter one update must touch (see the module docstring)."""
-    base = {"sgd": 12, "staleness": 12, "dc-asgd-c": 12 + backup_bytes, "dc-asgd-a": 20 + backup_bytes}[rule]
+    base = {"sgd": 12, "staleness": 12, "delay-adaptive": 12, "dc-asgd-c": 12 + backup_bytes,
+            "dc-asgd-a": 20 + backup_bytes, "gap-aware": 20 + backup_bytes, "adadelay": 20, "dana": 28}[rule]
     return base + (4 if push else 0)
 
 
@@ -87,7 +95,7 @@ def time_size(p: int, repeats: int) -> dict:
         nbytes[name] = rule_bytes(rule, 2 if backup_dtype == torch.bfloat16 else 4, push=True)
 
     def add_bare(name: str, rule: str, backup_dtype: torch.dtype = torch.float32, eager: bool = False) -> None:
-        r = make_rule(rule)
+        r = make_rule(rule).resolved(1)          # one worker (delay-adaptive: tau_c = 1)
         state, w = r.init(p, 1), w0.clone()
         backup = w0.to(backup_dtype) if r.needs_backup else None
         if eager:

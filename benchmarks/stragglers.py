@@ -145,6 +145,7 @@ def ray_part(epochs: float, target: float, seed: int) -> str:
                     rule, consistency = METHODS[method]
                     out = Path(tmp) / f"{case[:3]}-{method}"
                     settings = {**base_settings(epochs, seed), **extra, "workers": RAY_WORKERS, "backend": "ray",
+                                "jitter": 0.0,   # the simulator's timing noise; Ray has real noise
                                 "rule": rule, "consistency": consistency, "out": str(out)}
                     start = time.perf_counter()
                     s = run_ray(TrainConfig(**settings))
