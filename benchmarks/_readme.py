@@ -64,6 +64,38 @@ ServerCore as it is and for the update work alone.
 """
 
 
+RAY_TIME = """## Where the Ray backend's time goes
+
+The `target` lines of the peers section say which of the Ray targets are met
+and by how much the others are missed; its time-split tables say where a
+dcasgd worker's time goes per gradient (`time_per_gradient_ms` of each run's
+`summary.json`).  How to read them on a 2-core machine:
+
+- **The compute limit assumes a free core per worker and nothing else.**  With
+  M = 2 here, dcasgd runs four busy processes (2 workers, the server shard,
+  the driver) on two cores, plus Ray's own threads.  So a worker's compute,
+  measured inside it, is slower than the same gradients in one process alone
+  (compare the table's `compute` row with its last row).  Hogwild comes
+  closest to the limit because it has no server process at all: each worker
+  writes its update into the shared model itself, with no lock and no
+  exchange.
+- **The exchange is mostly a hand-off, not work.**  With one shard a worker's
+  push, the grant of its next gradient and its pull are one message over a
+  local socket; the server's push and pull (the `of which` rows) are a small
+  part of it.  The rest is the server process being scheduled on a core a
+  worker is using, and the worker waiting for its reply.  The update rule
+  matters at small P: below the fused-kernel threshold (1M parameters) the
+  DC-ASGD-a update is an eager chain of tensor ops.
+- **Evaluations** hold training still (`evaluation_pause`), are left out of
+  the training clock, and are not counted as exchange.
+- **What would close the gap**: workers applying their own updates in shared
+  memory under a lock (Hogwild's data path with ServerCore's bookkeeping in
+  shared memory), which removes the hand-off; not done, since it moves where
+  exactly-once delivery, the consistency waits and the finite-weights proof
+  are enforced, which the Ray backend's tests pin to the server shard.
+"""
+
+
 def _provenance(text: str) -> tuple[str, str, str]:
     """(date, commit, command) from a section's provenance line."""
     date = re.search(r"date: ([^;\n]+)", text)              # "date: X; commit: Y; command: `Z`" or one per line
@@ -93,7 +125,7 @@ def assemble() -> Path:
         date, commit, command = _provenance(text)
         heads = "<br>".join(h.replace("|", "/") for h in _headlines(text)) or "see section"
         index.append(f"| [{path.stem}](#{path.stem.replace('_', '-')}) | {date} | {commit} | `{command}` | {heads} |")
-    body = [INTRO, "## Latest figures\n\n" + "\n".join(index), SHARDS]
+    body = [INTRO, "## Latest figures\n\n" + "\n".join(index), SHARDS, RAY_TIME]
     for path in files:
         text = path.read_text(encoding="utf-8").strip()
         if text.startswith("# "):                             # keep one title for the whole file

@@ -672,6 +672,7 @@ def dcasgd_evaluation_note(runs: dict[str, list[RunResult]], job: Job) -> str:
 TARGETS = (("mlp", "ray-doc", 2.0), ("mlp", "limit", 0.5), ("cnn", "limit", 0.85))
 SPLIT_PARTS = (("compute", "compute (forward + backward)"), ("exchange", "exchange with the server"),
                ("server_push", "of which the server's push"), ("server_pull", "of which the server's pull"),
+               ("evaluation_pause", "held at evaluation marks (left out of the training clock)"),
                ("other", "other (batch selection, waiting for the driver)"))
 
 
@@ -738,7 +739,7 @@ def report(results: dict[str, dict[str, list[RunResult]]], jobs: dict[str, Job],
              "training stood still while the driver evaluated, `eval_pause_s`; the Ray-doc PS and Hogwild clocks "
              "stop at each mark and restart after).  Time to target: training-clock seconds at the first of "
              f"the {evals} evaluations at or below the target, median over the repeats that reached it.")
-    return "\n\n".join([intro, notes, *tables, "\n".join(findings + target_lines(results))])
+    return "\n\n".join([intro, notes, *tables, "\n".join(target_lines(results) + findings)])
 
 
 # ====================================================================== main

@@ -34,7 +34,7 @@ SCRIPTS = [
     ("server_update", [], 600),
     ("stragglers", [], 600),
     ("scaling", [], 300),
-    ("sim_overhead", [], 600),
+    ("sim_overhead", ["--repeats", "5"], 600),
     ("ray_transport", [], 600),
     ("peers", [], 900),
 ]

@@ -5,7 +5,10 @@ median over repeats:
 
 - ``plain``: a loop of forward/backward passes on one model (the floor);
 - ``plain+push``: the same loop plus the server update (ServerCore.pull and
-  push of the same rule) — the work any parameter server must do;
+  push of the same rule) — the work any parameter server must do — done as
+  leanly as the simulator does it: the pull copies the weights once, into the
+  worker's backup, and the model reads them there (``FlatModel.point_to``);
+  without a float32 backup, the model loads a copy;
 - ``sim``: a 16-worker async simulation (event queue, per-worker weights,
   staleness bookkeeping, metrics.jsonl) computing G gradients.
 
@@ -61,8 +64,12 @@ def plain_loop(data, model_name: str, gradients: int, with_push: bool, rule: str
         idx = order[(k * BATCH) % (n - BATCH):][:BATCH]
         worker = k % WORKERS
         if server is not None:
-            weights, version = server.pull(worker)
-            flat.load(weights)
+            if server.backups is not None and server.backups.dtype == torch.float32:
+                _, version = server.pull(worker, copy=False)     # the backup is the worker's one copy
+                flat.point_to(server.backups[worker])
+            else:
+                weights, version = server.pull(worker, copy=False)
+                flat.load(weights)
         flat.zero_grad()
         F.cross_entropy(model(data.train_x.index_select(0, idx)), data.train_y.index_select(0, idx)).backward()
         if server is not None:
@@ -136,7 +143,9 @@ def main() -> None:
                   *[f"| {name} | {seconds:.2f} | {100 * seconds / total:.0f}% |" for name, seconds in split]]
     body = "\n".join([
         f"About {args.gradients} gradients of `{args.model}` (batch {BATCH}) on {dataset}, rule `{args.rule}`, "
-        f"{WORKERS} simulated async workers; median of {args.repeats} interleaved repeats, per gradient.",
+        f"{WORKERS} simulated async workers; median of {args.repeats} interleaved repeats, per gradient.  "
+        "`plain+push` does the server's pull and push as leanly as the simulator: the pull copies the weights "
+        "once, into the worker's backup, and the model reads them there.",
         "",
         *rows,
         "",
@@ -148,6 +157,10 @@ def main() -> None:
         "beyond gradients:",
         "",
         *split_rows,
+        "",
+        "`dcasgd compare` runs its jobs in a pool of processes: each pays the start-up once and decodes the "
+        "data set once (decoded arrays are cached per process), so what every further run pays is its "
+        "evaluations and the simulation.",
     ])
     print(body)
     write_section("sim_overhead", "Simulator overhead (`benchmarks/sim_overhead.py`)", body, sys.argv)

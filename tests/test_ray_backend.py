@@ -101,6 +101,7 @@ def test_async_metrics_have_the_simulator_lines(async_run):
     # between the weights an evaluation reads and the time it is stamped with, and that time leaves it out.
     middle = [e for e in evals if 0 < e["version"] < 128]
     assert middle and summary["eval_pause_s"] > 0
+    assert summary["time_per_gradient_ms"]["evaluation_pause"] > 0   # held workers: not counted as exchange
     for e in middle:
         assert all(u["time_s"] >= e["time_s"] for u in updates if u["version"] > e["version"])
         assert all(u["time_s"] <= e["time_s"] for u in updates if u["version"] <= e["version"])
@@ -388,6 +389,7 @@ def test_coordinator_stops_training_at_each_evaluation_mark_until_the_driver_has
         assert (await asyncio.wait_for(blocked0, 1))["go"] and (await asyncio.wait_for(blocked1, 1))["go"]
         assert c.status()["evaluation_ready"] == 0 and c.next_eval_epoch == 2.0
         assert c.wait_s == [0.0, 0.0] and c.held_s == 5.0    # time stood still is not waiting on staleness
+        assert c.status()["held_s"] == [5.0, 5.0]            # ... but held each worker: the time split says so
         # the second mark (8 samples): its pause is number 2; the third mark is the end, where nobody waits
         pending = [asyncio.create_task(c.next(m, g, {"applied": True}, 2)) for m, g in ((0, g0), (1, g1))]
         await settle()

@@ -75,6 +75,7 @@ class Coordinator:
         self.num_train, self.eval_every, self.next_eval_epoch = num_train, 0.0, 0.0
         self.eval_ready, self.eval_pauses = False, 0        # a pause is ready; how many so far (numbers them)
         self.held_s, self.hold_since = 0.0, 0.0    # timer seconds paused for evaluations, when this pause began
+        self.held_wait_s = [0.0] * num_workers    # per worker: seconds of its waits that fell in those pauses
         self.events: list[dict[str, Any]] = []
         # sync rounds
         self.waiting: set[int] = set()
@@ -128,7 +129,9 @@ class Coordinator:
                     return vars(_Grant(False, "dead"))
                 grant = self._decide_sync(worker) if self.sync else self._decide_async(worker)
                 if grant is not None:
-                    self.wait_s[worker] += (self.timer() - entered) - (self._held_clock() - held_before)
+                    held = self._held_clock() - held_before
+                    self.wait_s[worker] += (self.timer() - entered) - held
+                    self.held_wait_s[worker] += held
                     if not grant.go:
                         self.live.discard(worker)
                         self.finished.add(worker)
@@ -367,7 +370,7 @@ class Coordinator:
                 "checkpoint_ready": self.ckpt_ready, "evaluation_ready": self.eval_pauses if self.eval_ready else 0,
                 "stop_reason": self._stop(),
                 "diverged": self.diverged, "refused": list(self.refused), "wait_s": list(self.wait_s),
-                "live": sorted(self.live), "finished": sorted(self.finished), "updates": self.applied_updates,
+                "held_s": list(self.held_wait_s), "live": sorted(self.live), "finished": sorted(self.finished), "updates": self.applied_updates,
                 "samples": self.applied_samples, "clock": list(self.clock)}
 
     async def coordinator_state(self) -> dict[str, Any]:

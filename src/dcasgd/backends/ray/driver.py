@@ -243,6 +243,7 @@ class RayRun:
         self.durations: list[list[float]] = [[0.0, 0] for _ in range(cfg.workers)]
         self.stop_reason = None
         self.worker_time = {"compute_s": 0.0, "exchange_s": 0.0, "slowdown_s": 0.0, "loop_s": 0.0, "gradients": 0}
+        self.told_to_stop: list[int] = []                     # workers whose time is in worker_time
         self.lost_updates, self.resumed_from, elapsed = 0, None, 0.0
         if resume is not None:
             d = resume["driver"]
@@ -379,6 +380,7 @@ class RayRun:
             for key in ("compute_s", "exchange_s", "slowdown_s", "loop_s"):
                 self.worker_time[key] += tallies.get(key, 0.0)
             self.worker_time["gradients"] += tallies.get("gradients", 0)
+            self.told_to_stop.append(m)
             return                                            # stopped when told
         except ray.exceptions.RayTaskError as exc:            # run() raised while its process lived
             if self._server_dead():
@@ -567,13 +569,19 @@ class RayRun:
     def _time_split(self) -> dict[str, float] | None:
         """Where a worker's time went, in ms per gradient (workers that stopped when told; with one shard the
         lead's side of the exchange too): compute, the exchange with the server (of which the server's push
-        and pull), emulated slowness, and the rest (batch selection, waiting for the driver)."""
+        and pull), emulated slowness, training held still for the driver's evaluations (``eval_pause_s``),
+        and the rest (batch selection, waiting for the driver).  With one shard the hold falls inside the
+        exchange (the grant comes with the push's reply), so it is taken out of it."""
         t = self.worker_time
         n = t["gradients"]
         if not n:
             return None
         step = getattr(self, "step_time", {}) or {}
-        ms = {"compute": t["compute_s"], "exchange": t["exchange_s"], "emulated_slowdown": t["slowdown_s"]}
+        held_each = self.status.get("held_s") or [0.0] * self.cfg.workers
+        held = sum(held_each[m] for m in self.told_to_stop)
+        exchange = t["exchange_s"] - held if self.cfg.servers == 1 else t["exchange_s"]
+        ms = {"compute": t["compute_s"], "exchange": max(0.0, exchange), "emulated_slowdown": t["slowdown_s"],
+              "evaluation_pause": held}
         ms["other"] = max(0.0, t["loop_s"] - sum(ms.values()))
         out = {k: 1e3 * v / n for k, v in ms.items()}
         if step.get("steps"):
