@@ -86,6 +86,12 @@ dcasgd worker's time goes per gradient (`time_per_gradient_ms` of each run's
   worker is using, and the worker waiting for its reply.  The update rule
   matters at small P: below the fused-kernel threshold (1M parameters) the
   DC-ASGD-a update is an eager chain of tensor ops.
+- **For a compute-heavy model (the cnn) the gap is the compute itself.**  Its
+  exchange is a few percent of a gradient's time; what separates it from the
+  limit is the `compute` row: the same forward and backward passes run slower
+  in a worker sharing two cores with the server, the driver and Ray's own
+  processes than in one process alone (Hogwild's workers slow down too,
+  though less, having no server or driver beside them).
 - **Evaluations** hold training still (`evaluation_pause`), are left out of
   the training clock, and are not counted as exchange.
 - **What would close the gap**: workers applying their own updates in shared

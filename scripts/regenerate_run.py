@@ -1,6 +1,12 @@
 """Run a committed run again from its recorded configuration and compare the summaries, bit for bit.
 
     python scripts/regenerate_run.py results/fmnist-mlp/runs/final/dc-asgd-a-M16-s0 [more run dirs]
+    python scripts/regenerate_run.py --one-per-table --record results/regenerated.md
+
+``--one-per-table`` takes one committed run (the first method's M-largest,
+last seed) from every table of every study under results/ (a table: one
+cluster x protocol x momentum group of ``final`` runs); ``--record FILE``
+writes what came out, with the date, commit and command, as Markdown.
 
 Every field the committed summary.json holds must come out equal, except the
 wall-clock ones (``wall_time_s``, ``eval_wall_s``) and the command line; the
@@ -15,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +34,7 @@ from dcasgd.api import run
 from dcasgd.config import TrainConfig
 
 WALL_CLOCK = {"wall_time_s", "eval_wall_s", "command"}
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -61,16 +70,50 @@ def regenerate(run_dir: Path) -> list[str]:
     return differences(committed, fresh)
 
 
+def one_per_table(results: Path = RESULTS) -> list[Path]:
+    """One final run of every table: the k-th table (sorted) takes the k-th of its methods (sorted, cycling,
+    so the tables cover different rules), at that method's largest M, last seed."""
+    picked = []
+    for k, group in enumerate(sorted(results.glob("*/runs/final/*"))):
+        runs = sorted(p.parent for p in group.glob("*/summary.json"))     # names: METHOD-M<workers>-s<seed>
+        if not runs:
+            continue
+        parsed = [(r.name.rsplit("-M", 1)[0], int(r.name.rsplit("-M", 1)[1].split("-s")[0]),
+                   int(r.name.rsplit("-s", 1)[1]), r) for r in runs]
+        methods = sorted({method for method, *_ in parsed})
+        method = methods[k % len(methods)]
+        picked.append(max((m, s, r) for name, m, s, r in parsed if name == method)[2])
+    return picked
+
+
+def record(path: Path, lines: list[str], argv: list[str]) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=RESULTS.parent).stdout.strip() or "unknown"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    path.write_text(f"# Committed runs regenerated\n\n_Command: `python scripts/regenerate_run.py {' '.join(argv)}`; "
+                    f"date: {stamp}; commit: {commit}_\n\n" + "\n".join(f"- {line}" for line in lines) + "\n",
+                    encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--one-per-table", action="store_true", help="add one final run of every study table")
+    parser.add_argument("--record", type=Path, help="write the outcome as Markdown to this file")
     args = parser.parse_args(argv)
-    failed = 0
-    for run_dir in args.runs:
+    runs = list(args.runs) + (one_per_table() if args.one_per_table else [])
+    if not runs:
+        parser.error("name run directories or pass --one-per-table")
+    failed, lines = 0, []
+    for run_dir in runs:
         diff = regenerate(run_dir)
-        print(f"{run_dir}: {'reproduced bit for bit' if not diff else 'DIFFERS: ' + '; '.join(diff[:8])}",
-              flush=True)
+        shown = run_dir.resolve().relative_to(RESULTS.parent) if run_dir.resolve().is_relative_to(RESULTS.parent) \
+            else run_dir
+        lines.append(f"`{shown}`: {'reproduced bit for bit' if not diff else 'DIFFERS: ' + '; '.join(diff[:8])}")
+        print(lines[-1], flush=True)
         failed += bool(diff)
+    if args.record:
+        record(args.record, lines, sys.argv[1:] if argv is None else argv)
     return 1 if failed else 0
 
 

@@ -48,7 +48,8 @@ Every number below is copied by `scripts/results_readme.py` from the
 commands that made them are listed per study. The simulator is deterministic:
 the same commands give the same numbers, and `python scripts/regenerate_run.py
 RUN_DIR` runs one committed run again from its recorded configuration and
-compares the summaries field by field. Errors are test errors in percent,
+compares the summaries field by field; [`regenerated.md`](regenerated.md)
+records one run of every table checked that way (`--one-per-table`). Errors are test errors in percent,
 mean ± sample standard deviation over seeds; two results are *within the
 spread* when the intervals mean ± std overlap."""
 
