@@ -188,3 +188,12 @@ def test_divergence_is_reported_not_raised(tmp_path):
     result = run_sim(config(tmp_path, rule="sgd", lr=1e6, epochs=1))
     assert result.summary["diverged"] is True
     assert result.summary["final_test_error"] == pytest.approx(75.0)   # chance for 4 classes
+
+
+def test_the_last_progress_line_shows_the_train_loss_of_the_window_the_final_evaluation_closed(tmp_path, capsys):
+    run_sim(config(tmp_path, "progress", epochs=1, progress=True))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch")]
+    evals = [json.loads(line) for line in (tmp_path / "progress/metrics.jsonl").read_text().splitlines()]
+    last_train_loss = [r for r in evals if r["kind"] == "eval"][-1]["train_loss"]
+    assert lines and "nan" not in lines[-1]
+    assert f"loss {last_train_loss:.4f}" in lines[-1]

@@ -54,6 +54,7 @@ class Recorder:
         self.events: list[dict[str, Any]] = []         # worker events (summary["worker_events"])
         self.loss_sum, self.loss_count = 0.0, 0       # training losses since the last evaluation
         self.last_error: float | None = None
+        self.last_train_loss: float | None = None       # train loss of the window the last evaluation closed
         self.next_eval_epoch = 0.0
         self.eval_wall_s = 0.0                         # wall seconds spent evaluating
         self.diverged = False
@@ -124,6 +125,7 @@ class Recorder:
         self.metrics.flush()
         self.evals.append(record)
         self.last_error = error
+        self.last_train_loss = train_loss if train_loss is not None else self.last_train_loss
         self.loss_sum, self.loss_count = 0.0, 0
         self.next_eval_epoch = advance_eval_mark(self.next_eval_epoch, epoch, self.cfg.eval_every)
         return error
@@ -135,7 +137,9 @@ class Recorder:
         self.evals.append({**self.evals[-1], "version": version, "test_error": self.last_error})
 
     def show_progress(self, epoch: float, version: int, force: bool = False) -> None:
-        loss = self.loss_sum / self.loss_count if self.loss_count else math.nan
+        # the window since the last evaluation; right after one, the window it closed
+        loss = self.loss_sum / self.loss_count if self.loss_count else (
+            self.last_train_loss if self.last_train_loss is not None else math.nan)
         self.progress.update(epoch, loss, self.last_error, version, self.stats, force=force)
 
     # ------------------------------------------------------------ the end

@@ -103,7 +103,7 @@ class Progress:
             return
         self._last = now
         elapsed = max(now - self.start, 1e-9)
-        parts = [f"epoch {epoch:6.2f}/{self.total_epochs:g}", f"loss {loss:.4f}"]
+        parts = [f"epoch {epoch:6.2f}/{self.total_epochs:g}", "loss -" if math.isnan(loss) else f"loss {loss:.4f}"]
         if test_error is not None:
             parts.append(f"test err {test_error:5.2f}%")
         parts.append(f"{updates / elapsed:7.1f} upd/s")
