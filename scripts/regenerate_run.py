@@ -3,9 +3,10 @@
     python scripts/regenerate_run.py results/fmnist-mlp/runs/final/dc-asgd-a-M16-s0 [more run dirs]
     python scripts/regenerate_run.py --one-per-table --record results/regenerated.md
 
-``--one-per-table`` takes one committed run (the first method's M-largest,
-last seed) from every table of every study under results/ (a table: one
-cluster x protocol x momentum group of ``final`` runs); ``--record FILE``
+``--one-per-table`` takes one committed run from every table of every study
+under results/ (a table: one cluster x protocol x momentum group of
+``final`` runs): the k-th table takes the k-th of its methods, cycling, at
+that method's largest M and last seed; ``--record FILE``
 writes what came out, with the date, commit and command, as Markdown.
 
 Every field the committed summary.json holds must come out equal, except the
@@ -23,7 +24,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +32,7 @@ import torch
 
 from dcasgd.api import run
 from dcasgd.config import TrainConfig
+from dcasgd.study.compare import git_commit
 
 WALL_CLOCK = {"wall_time_s", "eval_wall_s", "command"}
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -87,11 +88,9 @@ def one_per_table(results: Path = RESULTS) -> list[Path]:
 
 
 def record(path: Path, lines: list[str], argv: list[str]) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=RESULTS.parent).stdout.strip() or "unknown"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     path.write_text(f"# Committed runs regenerated\n\n_Command: `python scripts/regenerate_run.py {' '.join(argv)}`; "
-                    f"date: {stamp}; commit: {commit}_\n\n" + "\n".join(f"- {line}" for line in lines) + "\n",
+                    f"date: {stamp}; commit: {git_commit()}_\n\n" + "\n".join(f"- {line}" for line in lines) + "\n",
                     encoding="utf-8")
 
 
