@@ -144,15 +144,24 @@ def run_memory_bytes(cfg: TrainConfig, num_params: int) -> int:
     return server_memory_bytes(cfg, num_params) + cfg.workers * num_params * 4
 
 
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo, else physical memory."""
+def proc_bytes(path: str, name: str) -> int | None:
+    """The kB field ``name`` of a Linux /proc file (``MemAvailable`` of /proc/meminfo, ``VmRSS`` of
+    /proc/self/status), in bytes; None where the file or the field cannot be read."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(name + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo, else physical memory."""
+    available = proc_bytes("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -370,8 +370,8 @@ class Coordinator:
                 "checkpoint_ready": self.ckpt_ready, "evaluation_ready": self.eval_pauses if self.eval_ready else 0,
                 "stop_reason": self._stop(),
                 "diverged": self.diverged, "refused": list(self.refused), "wait_s": list(self.wait_s),
-                "held_s": list(self.held_wait_s), "live": sorted(self.live), "finished": sorted(self.finished), "updates": self.applied_updates,
-                "samples": self.applied_samples, "clock": list(self.clock)}
+                "held_s": list(self.held_wait_s), "live": sorted(self.live), "finished": sorted(self.finished),
+                "updates": self.applied_updates, "samples": self.applied_samples, "clock": list(self.clock)}
 
     async def coordinator_state(self) -> dict[str, Any]:
         return {"updates": self.applied_updates, "samples": self.applied_samples, "clock": list(self.clock),

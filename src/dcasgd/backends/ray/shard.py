@@ -18,6 +18,7 @@ import torch
 
 from ...core.consistency import SyncBarrier, parse_consistency
 from ...core.server import NonFiniteUpdate, PushRejected, ServerCore
+from ...engine.context import proc_bytes
 from ...io.checkpoint import CheckpointError
 from . import shm
 from .coordinator import Coordinator
@@ -243,13 +244,9 @@ class ServerShard:
 
 def _rss_bytes() -> int:
     """VmRSS of this process in bytes (Linux /proc), else the peak from getrusage."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    rss = proc_bytes("/proc/self/status", "VmRSS")
+    if rss is not None:
+        return rss
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
