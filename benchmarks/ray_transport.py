@@ -100,7 +100,7 @@ def step_exchange(size: int, shared: bool):
 
     def exchange() -> None:
         push = {"seq": next(seq), "base_version": state["version"], "grad": None, "num_samples": 1,
-                "meta": {"loss": 0.0}, "buffers": None, "members": None, "nonfinite": False}
+                "meta": {"loss": 0.0}, "buffers": None, "members": None}
         answer = ray.get(lead.step.remote(0, generation, push, None, 1, grad))   # grad: top-level, as workers do
         pulled, version, _ = answer["pulled"]
         if pulled is not None:

@@ -20,9 +20,9 @@ def lead(rule: str = "sgd", workers: int = 1, target: int = 10**6, consistency: 
     return LeadServer(shard, coordinator, prefix)
 
 
-def push(seq: int, base: int, grad, nonfinite: bool = False) -> dict:
+def push(seq: int, base: int, grad) -> dict:
     return {"seq": seq, "base_version": base, "grad": grad, "num_samples": 10, "meta": {"loss": 1.5},
-            "buffers": None, "members": None, "nonfinite": nonfinite}
+            "buffers": None, "members": None}
 
 
 def run(coro):
@@ -54,7 +54,7 @@ def test_a_refused_or_nonfinite_push_is_reported_as_such():
         generation = (await server.worker_join(0))["generation"]
         await server.step(0, generation, None, None, 10)
         bad = np.full(6, math.nan, dtype=np.float32)
-        reply = await server.step(0, generation, push(1, 0, bad, nonfinite=True), None, 10)
+        reply = await server.step(0, generation, push(1, 0, bad), None, 10)
         assert reply["report"]["applied"] is False and reply["report"]["nonfinite"] is True
         assert server.coordinator.diverged and not reply["grant"]["go"]
         assert server.shard.core.refused.tolist() == [1] and server.shard.core.version == 0

@@ -17,6 +17,7 @@ import ray
 import torch
 
 from ...core.consistency import SyncBarrier, parse_consistency
+from ...core.kernels import all_finite
 from ...core.server import NonFiniteUpdate, PushRejected, ServerCore
 from ...engine.context import proc_bytes
 from ...io.checkpoint import CheckpointError
@@ -302,7 +303,6 @@ class LeadServer:
             while (message := await shm.read_message(reader)) is not None:
                 try:
                     reply = await self.step(*message["step"])
-                    reply["pulled"] = reply["pulled"] and [None, reply["pulled"][1], None]   # data: in the files
                 except Exception as exc:  # noqa: BLE001 - the worker raises it (the run fails, as with Ray)
                     reply = {"error": f"{type(exc).__name__}: {exc}"}
                 writer.write(shm.encode(reply))
@@ -344,7 +344,7 @@ class LeadServer:
         """A whole gradient exchange in one call, for a one-shard server: push, report, next grant, pull.
 
         ``push`` (None to begin) holds ``seq``, ``base_version``, ``grad``, ``num_samples``,
-        ``meta``, ``buffers``, ``members`` and ``nonfinite`` (the worker found NaN/Inf in it);
+        ``meta``, ``buffers`` and ``members``;
         it is applied exactly as :meth:`push` would (a retried seq is not applied twice).
         A worker off this node sends the gradient as ``grad``, an argument of its own: Ray
         hands a top-level array to an asyncio actor several times faster than one nested in
@@ -371,8 +371,9 @@ class LeadServer:
                 report["applied"] = True
             except NonFiniteUpdate as exc:                 # the update would overflow: the model diverged
                 report.update(applied=False, nonfinite=True, error=str(exc))
-            except PushRejected as exc:
-                report.update(applied=False, **({"nonfinite": True} if push["nonfinite"] else {"error": str(exc)}))
+            except PushRejected as exc:                    # (a NaN/Inf gradient is a divergence, not an error)
+                nonfinite = not all_finite(_readonly_tensor(grad))
+                report.update(applied=False, **({"nonfinite": True} if nonfinite else {"error": str(exc)}))
         pushed = time.perf_counter()
         grant = await self.coordinator.next(worker, generation, report or None, num_samples)
         pulled = None
@@ -384,13 +385,14 @@ class LeadServer:
         self.spent["push_s"] += pushed - started
         return {"report": report, "grant": grant, "pulled": pulled}
 
-    def _pull_into(self, worker: int, link: dict[str, torch.Tensor]) -> tuple[None, int, np.ndarray | None]:
-        """A pull written straight into the worker's shared file: (None, version, BatchNorm buffers)."""
+    def _pull_into(self, worker: int, link: dict[str, torch.Tensor]) -> tuple[None, int, None]:
+        """A pull written straight into the worker's shared files (weights and BatchNorm buffers):
+        (None, version, None)."""
         weights, version = self.shard.core.pull(worker, copy=False)
         link["weights"].copy_(weights)                      # plain code: nothing else runs on the loop meanwhile
         if self.shard.buffers.numel():
             link["buffers"].copy_(self.shard.buffers)
-        return None, version, (self.shard.buffers.clone().numpy() if self.shard.buffers.numel() else None)
+        return None, version, None
 
     def join(self, worker: int) -> int:
         return self.shard.join(worker)

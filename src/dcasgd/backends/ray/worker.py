@@ -185,7 +185,7 @@ class RayWorker:
         else:
             g, sent_buffers = grad.numpy(), (buffers.numpy() if buffers.numel() else None)
         return {"seq": seq, "base_version": base[0], "grad": g, "num_samples": n, "meta": meta,
-                "buffers": sent_buffers, "members": members or None, "nonfinite": not all_finite(grad)}
+                "buffers": sent_buffers, "members": members or None}
 
     def _step(self, generation: int, push: dict[str, Any] | None, report: dict[str, Any] | None,
               num_samples: int, seq: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
