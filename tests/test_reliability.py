@@ -109,6 +109,16 @@ def test_resuming_a_copied_run_writes_into_the_copy_not_the_original(tmp_path):
     assert summary_of(copy)["updates"] == UPDATES and summary_of(copy)["outcome"] == "finished"
 
 
+def test_a_run_with_a_worker_that_never_rejoins_resumes(tmp_path):
+    """`--fail W:T` without a rejoin time is recorded as [W, T, null]; resuming must read it back."""
+    out = tmp_path / "failed"
+    assert main(["train", *TINY, "--workers", "3", "--fail", "1:4", "--out", str(out), "--checkpoint-every", "8",
+                 "--stop-after-updates", "16"]) == 0
+    assert main(["train", "--resume", str(out)]) == 0
+    summary = summary_of(out)
+    assert summary["outcome"] == "finished" and summary["config"]["failures"] == [[1, 4.0, None]]
+
+
 def test_resume_says_when_it_skips_a_corrupt_newest_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out), "--checkpoint-every", "8", "--stop-after-updates", "16"]) == 0

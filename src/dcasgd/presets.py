@@ -41,8 +41,8 @@ def settings_from_toml(raw: dict[str, Any], source: str) -> dict[str, Any]:
             if key in values:
                 values[key] = {int(k): float(v) for k, v in values[key].items()}
         if "failures" in values:
-            values["failures"] = tuple((int(f[0]), float(f[1]), float(f[2]) if len(f) > 2 else None)
-                                       for f in values["failures"])
+            values["failures"] = tuple((int(f[0]), float(f[1]), None if len(f) < 3 or f[2] is None else float(f[2]))
+                                       for f in values["failures"])        # [worker, fail_at(, rejoin_at)]
         for key in ("speeds", "lr_milestones"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
