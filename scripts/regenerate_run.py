@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from dcasgd.api import run
-from dcasgd.config import TrainConfig
 from dcasgd.study.compare import git_commit
+from dcasgd.study.findings import base_config
 
 WALL_CLOCK = {"wall_time_s", "eval_wall_s", "command"}
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -55,16 +55,9 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def regenerate(run_dir: Path) -> list[str]:
     committed = json.loads((run_dir / "summary.json").read_text())
-    known = set(TrainConfig.__dataclass_fields__)
-    settings = {k: v for k, v in committed["config"].items() if k in known}
-    for key in ("speeds", "lr_milestones"):
-        settings[key] = tuple(settings.get(key, ()))
-    for key in ("stragglers", "corrupt"):
-        settings[key] = {int(k): v for k, v in settings.get(key, {}).items()}
-    settings["failures"] = tuple(tuple(f) for f in settings.get("failures", ()))
     torch.set_num_threads(committed.get("torch_threads", 1))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = dataclasses.replace(TrainConfig(**settings), out=str(Path(tmp) / "run"), progress=False)
+        cfg = dataclasses.replace(base_config(committed["config"]), out=str(Path(tmp) / "run"), progress=False)
         fresh = json.loads(json.dumps(run(cfg.validate()).summary))   # as summary.json holds it
     committed["config"].pop("out", None)
     fresh["config"].pop("out", None)

@@ -35,6 +35,7 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..errors import InputError
+from ..presets import settings_from_toml
 from .compare import (DEFAULT_GRID, METHODS, PROTOCOLS, Group, LrKey, choose_learning_rates,
                       config_differences, current_summary, groups, lr_grid, lr_jobs, method_of, plan,
                       read_summary)
@@ -76,15 +77,10 @@ class Study:
 
 
 def base_config(recorded: dict[str, Any]) -> TrainConfig:
-    """compare.json's ``base_config`` back as a TrainConfig (JSON turned tuples into lists, int keys into str)."""
+    """A recorded configuration (compare.json's ``base_config``, a summary's ``config``) back as a
+    TrainConfig (JSON turned tuples into lists, int keys into str); keys TrainConfig lacks are skipped."""
     known = TrainConfig.__dataclass_fields__
-    fields = {k: v for k, v in recorded.items() if k in known}
-    for key in ("stragglers", "corrupt"):
-        fields[key] = {int(k): float(v) for k, v in (fields.get(key) or {}).items()}
-    for key in ("speeds", "lr_milestones"):
-        fields[key] = tuple(fields.get(key) or ())
-    fields["failures"] = tuple(tuple(f) for f in fields.get("failures") or ())
-    return TrainConfig(**fields)
+    return TrainConfig(**settings_from_toml({k: v for k, v in recorded.items() if k in known}, "recorded config"))
 
 
 def _read(path: Path) -> dict[str, Any] | None:
