@@ -215,8 +215,11 @@ def plan(base: TrainConfig, grid: dict[str, Any], out: Path, chosen: dict[LrKey,
 def choose_learning_rates(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[LrKey, float]:
     """Best lr per (cluster and momentum, method, M) by final validation error, once all its lr runs are current.
 
-    A diverged run counts as the worst possible error; ties go to the smaller lr.
+    A diverged run counts as the worst possible error; ties go to the smaller lr.  A grid of one lr
+    has nothing to choose (and no lr phase): that lr, for every key.
     """
+    if len(grid["lr_grid"]) == 1:
+        return {(job.group.lr_name, job.method, job.workers): job.lr for job in lr_jobs(grid, out)}
     best: dict[LrKey, list[tuple[float, float]]] = {}
     for job in lr_jobs(grid, out):
         summary = current_summary(job, base, grid)
@@ -342,8 +345,6 @@ def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, thr
     threads = threads or max(1, (os.cpu_count() or 1) // n_jobs)
     _write_record(out, grid, {}, base, finished=False)
     chosen = choose_learning_rates(base, grid, out)
-    if len(grid["lr_grid"]) == 1:                       # nothing to choose: no lr phase
-        chosen = {(job.group.lr_name, job.method, job.workers): job.lr for job in lr_jobs(grid, out)}
     for _ in range(2):                       # phase 1 (if needed), then phases 2 and 3
         jobs = plan(base, grid, out, chosen)
         run_jobs(jobs, base, grid, out, n_jobs, threads)

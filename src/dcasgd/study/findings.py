@@ -2,7 +2,7 @@
 
 :func:`load_study` reads ``OUT/compare.json`` and, with :mod:`.compare`'s own
 functions (``choose_learning_rates``, ``plan``, ``lr_jobs``,
-``config_differences``), the summaries of the runs the study's grid asks for:
+``finished_run``), the summaries of the runs the study's grid asks for:
 a run whose recorded settings differ from its job's (one ``compare`` would
 move to ``OUT/stale/`` and run again) and a directory the grid does not name
 are left out, and the report says how many and why.  :func:`facts` turns the
@@ -36,9 +36,8 @@ from typing import Any
 from ..config import ConfigError, TrainConfig
 from ..errors import InputError
 from ..presets import settings_from_toml
-from .compare import (DEFAULT_GRID, METHODS, PROTOCOLS, Group, LrKey, choose_learning_rates,
-                      config_differences, current_summary, groups, lr_grid, lr_jobs, method_of, plan,
-                      read_summary)
+from .compare import (DEFAULT_GRID, METHODS, PROTOCOLS, Group, LrKey, choose_learning_rates, current_summary,
+                      finished_run, groups, lr_grid, lr_jobs, method_of, plan)
 
 STABLE_FACTOR = 1.1
 LADDER = (1.0, 2.0, 5.0, 10.0)      # relaxed targets: sequential SGD's error plus this many percentage points
@@ -83,13 +82,6 @@ def base_config(recorded: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**settings_from_toml({k: v for k, v in recorded.items() if k in known}, "recorded config"))
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return read_summary(path)
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"report: cannot read {path / 'summary.json'} ({exc})") from None
-
-
 def load_study(run_dir: Path) -> Study:
     """The study in ``run_dir``: only runs that ``dcasgd compare`` would keep as they are."""
     meta_path = run_dir / "compare.json"
@@ -105,8 +97,6 @@ def load_study(run_dir: Path) -> Study:
         raise ReportError(f"report: {meta_path} is not a compare record ({exc!r})") from None
     try:
         chosen = choose_learning_rates(base, grid, run_dir)
-        if len(grid["lr_grid"]) == 1:              # as compare does: nothing to choose, no lr phase
-            chosen = {(j.group.lr_name, j.method, j.workers): j.lr for j in lr_jobs(grid, run_dir)}
         jobs = plan(base, grid, run_dir, chosen)
         configs = {job: job.config(base, grid) for job in jobs}
     except ConfigError as exc:
@@ -125,12 +115,14 @@ def load_study(run_dir: Path) -> Study:
         wanted.add(job.out)
         if job.phase == "final":
             study.expected += 1
-        summary = _read(job.out)
+        try:
+            summary, differences = finished_run(job, configs[job])
+        except (OSError, ValueError) as exc:
+            raise ReportError(f"report: cannot read {job.out / 'summary.json'} ({exc})") from None
         if summary is None:
             if job.phase == "final":
                 study.missing.append(str(job.out.relative_to(run_dir)))
             continue
-        differences = config_differences(summary["config"], configs[job])
         if differences:
             study.left_out.append(f"{job.out.relative_to(run_dir)}: made with other settings "
                                   f"({'; '.join(differences[:3])}{'; ...' if len(differences) > 3 else ''})")
