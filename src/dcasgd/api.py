@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .compute.flat import views_of
 from .compute.models import seeded_model
 from .compute.objectives import describe
 from .compute.task import Task, task_from_config
@@ -125,10 +126,8 @@ def load_flat(module: nn.Module, weights: torch.Tensor, buffers: torch.Tensor | 
 
 
 def _copy_in(tensors: list[torch.Tensor], flat: torch.Tensor) -> None:
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
+    for t, view in zip(tensors, views_of(flat, tensors)):
+        t.copy_(view)
 
 
 def _record(key: str, value: Any) -> str:

@@ -29,7 +29,8 @@ def _flatten_into(tensors: list[torch.Tensor]) -> torch.Tensor:
     return flat
 
 
-def _views(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def views_of(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of consecutive slices of ``flat`` shaped like ``tensors``, in order."""
     views, offset = [], 0
     for t in tensors:
         views.append(flat[offset:offset + t.numel()].view_as(t))
@@ -52,14 +53,14 @@ class FlatModel:
         self.params = _flatten_into(params)
         self.grads = torch.zeros_like(self.params)
         self._own_params = self.params              # the model's own storage (point_to may lend it another)
-        for p, view, gview in zip(params, _views(self.params, params), _views(self.grads, params)):
+        for p, view, gview in zip(params, views_of(self.params, params), views_of(self.grads, params)):
             p.data = view
             p.grad = gview
         float_buffers = [b for b in module.buffers() if b.is_floating_point()]
         self._buffer_owners = [(mod, name) for mod in module.modules()
                                for name, b in mod.named_buffers(recurse=False) if b.is_floating_point()]
         self.buffers = _flatten_into(float_buffers)
-        for (mod, name), view in zip(self._buffer_owners, _views(self.buffers, float_buffers)):
+        for (mod, name), view in zip(self._buffer_owners, views_of(self.buffers, float_buffers)):
             setattr(mod, name, view)
 
     @property
@@ -73,7 +74,7 @@ class FlatModel:
         grads.copy_(self.grads)
         self.params, self.grads, self._own_params = params, grads, params
         tensors = self._trainable
-        for p, view, gview in zip(tensors, _views(self.params, tensors), _views(self.grads, tensors)):
+        for p, view, gview in zip(tensors, views_of(self.params, tensors), views_of(self.grads, tensors)):
             p.data = view
             p.grad = gview
 
@@ -86,7 +87,7 @@ class FlatModel:
 
     def _view_params(self, storage: torch.Tensor) -> None:
         tensors = self._trainable
-        for p, view in zip(tensors, _views(storage, tensors)):
+        for p, view in zip(tensors, views_of(storage, tensors)):
             p.data = view
         self.params = storage
 

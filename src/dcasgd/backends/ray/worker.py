@@ -11,7 +11,7 @@ import numpy as np
 import ray
 import torch
 
-from ...compute.flat import FlatModel, _views
+from ...compute.flat import FlatModel, views_of
 from ...compute.models import seeded_model
 from ...compute.worker import BatchStream, compute_gradient, gradient_key
 from ...config import ConfigError, TrainConfig
@@ -32,7 +32,7 @@ def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
     owners = flat._buffer_owners
     old = [getattr(mod, name) for mod, name in owners]
     flat.buffers = flat.buffers.to(device, copy=True)
-    for (mod, name), view in zip(owners, _views(flat.buffers, old)):
+    for (mod, name), view in zip(owners, views_of(flat.buffers, old)):
         setattr(mod, name, view)
     flat.module.to(device)                                       # integer buffers (num_batches_tracked)
     return flat
