@@ -116,13 +116,12 @@ from torch.func import functional_call, grad, vmap
 
 from ..compute.flat import FlatModel
 from ..compute.objectives import Loss, cross_entropy
-from .probe_records import finite as _finite, percentiles, record_lamstar
+from .probe_records import SCALED, finite as _finite, percentiles, record_lamstar
 from ..core.rules import Rule, State
 from ..compute.worker import seed_dropout
 
 ESTIMATES = ("delayed", "dc", "taylor", "rank1", "fisher")
-SCALED = ("dc", "rank1", "fisher", "taylor")           # the estimates g + lam * h whose best lam* is fitted
-RULE_SCALED = ("dc", "rank1")                          # ... whose h carries the shape of the rule's lam_eff
+RULE_SCALED = ("dc", "rank1")                          # of SCALED, those whose h carries the shape of the rule's lam_eff
 RECORD_FIELDS = ("version", "worker", "staleness", "delta_norm", "cos_delayed", "cos_dc", "cos_taylor",
                  "relerr_delayed", "relerr_dc", "relerr_taylor", "epoch",
                  "cos_rank1", "relerr_rank1", "cos_fisher", "relerr_fisher", "fisher_to_gg", "fisher_mode",

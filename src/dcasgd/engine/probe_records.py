@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+SCALED = ("dc", "rank1", "fisher", "taylor")           # the estimates g + lam * h whose best lam* is fitted
 PERCENTILES = (("p10", 0.10), ("p25", 0.25), ("median", 0.50), ("p75", 0.75), ("p90", 0.90))
 
 

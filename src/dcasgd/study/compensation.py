@@ -35,15 +35,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from ..engine.probe_records import finite as _finite, quantile, record_lamstar  # noqa: E402
+from ..engine.probe_records import SCALED, finite as _finite, percentiles, record_lamstar  # noqa: E402
 
 SERIES = (("delayed", "delayed g(w_bak)", "tab:red", "o"),
           ("dc", "DC-ASGD diagonal g + λ g⊙g⊙Δw", "tab:blue", "s"),
           ("rank1", "rank-1 g + λ g (g·Δw)", "tab:purple", "v"),
           ("fisher", "Fisher diagonal g + λ F⊙Δw", "tab:orange", "D"),
           ("taylor", "exact Taylor g + H·Δw", "tab:green", "^"))
-SCALED = ("dc", "rank1", "fisher", "taylor")        # the estimates g + λ h with a fitted best scale λ*
-PERCENTILES = (0.10, 0.25, 0.50, 0.75, 0.90)
 
 
 def load_probe_records(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -128,7 +126,8 @@ def _plot_lamstar(records: list[dict[str, Any]], ax) -> None:
         values = [v for v in (record_lamstar(r, name) for r in records) if math.isfinite(v)]
         if not values:
             continue
-        p10, p25, p50, p75, p90 = (quantile(values, q) for q in PERCENTILES)
+        spread = percentiles(values)
+        p10, p25, p50, p75, p90 = (spread[k] for k in ("p10", "p25", "median", "p75", "p90"))
         x = len(positions)
         label, color = styles[name]
         ax.add_patch(plt.Rectangle((x - 0.3, p25), 0.6, p75 - p25, facecolor=color, alpha=0.35, edgecolor=color))
