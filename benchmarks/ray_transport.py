@@ -95,13 +95,13 @@ def step_exchange(size: int, shared: bool):
         shm.mapped(files["grad"], size).fill_(1e-3)           # the gradient, where backward would write it
     grad = None if files is not None else np.full(size, 1e-3, dtype=np.float32)
     seq = iter(range(1, 10**9))
-    reply = ray.get(lead.step.remote(0, generation, None, None, 1))
+    reply = ray.get(lead.step.remote(0, generation, None, 1))
     state = {"version": reply["pulled"][1]}
 
     def exchange() -> None:
         push = {"seq": next(seq), "base_version": state["version"], "grad": None, "num_samples": 1,
                 "meta": {"loss": 0.0}, "buffers": None, "members": None}
-        answer = ray.get(lead.step.remote(0, generation, push, None, 1, grad))   # grad: top-level, as workers do
+        answer = ray.get(lead.step.remote(0, generation, push, 1, grad))   # grad: top-level, as workers do
         pulled, version, _ = answer["pulled"]
         if pulled is not None:
             np.copyto(weights, pulled)                        # into the worker's flat buffer

@@ -33,16 +33,16 @@ def test_one_call_pushes_reports_grants_and_pulls():
     async def scenario():
         server = lead()
         generation = (await server.worker_join(0))["generation"]
-        first = await server.step(0, generation, None, None, 10)            # begin: a grant and the weights
+        first = await server.step(0, generation, None, 10)            # begin: a grant and the weights
         assert first["grant"]["go"] and first["report"] == {}
         weights, version, _ = first["pulled"]
         assert version == 0 and weights.tolist() == list(range(6))
         grad = np.ones(6, dtype=np.float32)
-        second = await server.step(0, generation, push(1, version, grad), None, 10)
+        second = await server.step(0, generation, push(1, version, grad), 10)
         assert second["report"] == {"loss": 1.5, "version": 1, "applied": True}
         weights, version, _ = second["pulled"]
         assert version == 1 and weights.tolist() == [x - 0.5 for x in range(6)]   # w - lr * g
-        again = await server.step(0, generation, push(1, 0, grad), None, 10)     # the same seq: applied once
+        again = await server.step(0, generation, push(1, 0, grad), 10)     # the same seq: applied once
         assert again["report"]["version"] == 1 and server.shard.core.version == 1
         assert [r["seq"] for r in server.drain()] == [1]
     run(scenario())
@@ -52,9 +52,9 @@ def test_a_refused_or_nonfinite_push_is_reported_as_such():
     async def scenario():
         server = lead()
         generation = (await server.worker_join(0))["generation"]
-        await server.step(0, generation, None, None, 10)
+        await server.step(0, generation, None, 10)
         bad = np.full(6, math.nan, dtype=np.float32)
-        reply = await server.step(0, generation, push(1, 0, bad), None, 10)
+        reply = await server.step(0, generation, push(1, 0, bad), 10)
         assert reply["report"]["applied"] is False and reply["report"]["nonfinite"] is True
         assert server.coordinator.diverged and not reply["grant"]["go"]
         assert server.shard.core.refused.tolist() == [1] and server.shard.core.version == 0
@@ -65,8 +65,8 @@ def test_the_last_grant_says_stop_and_pulls_nothing():
     async def scenario():
         server = lead(target=10)
         generation = (await server.worker_join(0))["generation"]
-        await server.step(0, generation, None, None, 10)
-        reply = await server.step(0, generation, push(1, 0, np.zeros(6, dtype=np.float32)), None, 10)
+        await server.step(0, generation, None, 10)
+        reply = await server.step(0, generation, push(1, 0, np.zeros(6, dtype=np.float32)), 10)
         assert reply["grant"] == {**reply["grant"], "go": False, "reason": "target"} and reply["pulled"] is None
     run(scenario())
 
@@ -82,15 +82,15 @@ def test_shared_memory_files_carry_the_gradient_and_the_weights(tmp_path, monkey
         assert files is not None and sorted(files) == ["buffers", "grad", "socket", "weights"]
         grad_file, weight_file = shm.mapped(files["grad"], 6), shm.mapped(files["weights"], 6)
         generation = (await server.worker_join(0))["generation"]
-        first = await server.step(0, generation, None, None, 10)
+        first = await server.step(0, generation, None, 10)
         assert first["pulled"][0] is None and weight_file.tolist() == list(range(6))   # written in place
         grad_file.copy_(torch.full((6,), 2.0))                      # backward writes here
-        second = await server.step(0, generation, push(1, 0, None), None, 10)
+        second = await server.step(0, generation, push(1, 0, None), 10)
         assert second["report"]["applied"] and weight_file.tolist() == [x - 1.0 for x in range(6)]
         assert await server.attach(0, server_node) == files         # a restarted worker gets the same files
         channel = await asyncio.to_thread(shm.Channel, files["socket"], 5.0)   # the step over the socket
         grad_file.copy_(torch.full((6,), 1.0))
-        await asyncio.to_thread(channel.send, {"step": [0, generation, push(2, 1, None), None, 10]})
+        await asyncio.to_thread(channel.send, {"step": [0, generation, push(2, 1, None), 10]})
         reply = await asyncio.to_thread(channel.receive)
         assert reply["report"] == {"loss": 1.5, "version": 2, "applied": True}
         assert reply["pulled"] == [None, 2, None] and weight_file.tolist() == [x - 1.5 for x in range(6)]

@@ -339,9 +339,9 @@ class LeadServer:
         return version
 
     @ray.method(enable_task_events=False)            # the hot path: no per-call task records in Ray's GCS
-    async def step(self, worker: int, generation: int, push: dict[str, Any] | None, report: dict[str, Any] | None,
-                   num_samples: int, grad: np.ndarray | None = None) -> dict[str, Any]:
-        """A whole gradient exchange in one call, for a one-shard server: push, report, next grant, pull.
+    async def step(self, worker: int, generation: int, push: dict[str, Any] | None, num_samples: int,
+                   grad: np.ndarray | None = None) -> dict[str, Any]:
+        """A whole gradient exchange in one call, for a one-shard server: push, next grant, pull.
 
         ``push`` (None to begin) holds ``seq``, ``base_version``, ``grad``, ``num_samples``,
         ``meta``, ``buffers`` and ``members``;
@@ -349,13 +349,13 @@ class LeadServer:
         A worker off this node sends the gradient as ``grad``, an argument of its own: Ray
         hands a top-level array to an asyncio actor several times faster than one nested in
         a dict (``benchmarks/ray_transport.py``); on this node it sits in the worker's shared
-        file (both None).  ``report`` carries what else the coordinator should hear (a probe record).  The
+        file (both None).  The
         reply: ``report`` (what became of the push), ``grant`` (the coordinator's answer for
         the next gradient of ``num_samples`` samples, which may have waited: ssp, sync,
         a checkpoint pause) and ``pulled`` (this shard's :meth:`ServerShard.pull`, when granted).
         Three messages per gradient (grant, pull, push) become one.
         """
-        report = dict(report or {})
+        report: dict[str, Any] = {}
         link = self.links.get(worker)
         started = time.perf_counter()
         if push is not None:

@@ -98,7 +98,7 @@ class RayWorker:
         spent = {"compute_s": 0.0, "exchange_s": 0.0, "slowdown_s": 0.0, "loop_s": 0.0}   # where the time goes
         loop_start = time.perf_counter()
         batch = self.stream.next()
-        stepped = self._step(generation, None, None, int(batch.numel()), seq)[1:] if one_call else None
+        stepped = self._step(generation, None, int(batch.numel()), seq)[1:] if one_call else None
         while True:
             grant, pulled = stepped if stepped is not None else (
                 ray.get(self.coord.next.remote(m, generation, report, int(batch.numel()))), None)
@@ -134,7 +134,7 @@ class RayWorker:
             exchange_start = time.perf_counter()
             if one_call and not probed:
                 push = self._push_message(seq, base, grad, result.buffers.cpu(), batch_n, meta, grant["members"])
-                report, *stepped = self._step(generation, push, None, int(batch.numel()), seq)
+                report, *stepped = self._step(generation, push, int(batch.numel()), seq)
             else:
                 report, stepped = self._push(seq, base, grad, result.buffers.cpu(), result.loss, batch_n, meta,
                                              grant["members"] or None), None
@@ -187,17 +187,17 @@ class RayWorker:
         return {"seq": seq, "base_version": base[0], "grad": g, "num_samples": n, "meta": meta,
                 "buffers": sent_buffers, "members": members or None}
 
-    def _step(self, generation: int, push: dict[str, Any] | None, report: dict[str, Any] | None,
-              num_samples: int, seq: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    def _step(self, generation: int, push: dict[str, Any] | None, num_samples: int,
+              seq: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
         """One :meth:`LeadServer.step` call (over the local socket on the lead's node, else a Ray call);
         returns (the push's report, the next grant, the pull)."""
-        args = [self.index, generation, push, report, num_samples]
+        args = [self.index, generation, push, num_samples]
         if self.shared:
             self.channel.send({"step": args})
         else:                                            # the gradient as an argument of its own (see step)
             grad = None if push is None else push["grad"]
             message = None if push is None else {**push, "grad": None}
-            ref = self.shards[0].step.remote(self.index, generation, message, report, num_samples, grad)
+            ref = self.shards[0].step.remote(self.index, generation, message, num_samples, grad)
         if push is not None and self.hooks.get("push_pause_s"):
             self._push_pause(seq)()
         reply = self.channel.receive() if self.shared else ray.get(ref, timeout=PUSH_TIMEOUT_S)
