@@ -16,6 +16,7 @@ from dcasgd.io import atomic
 from dcasgd.io import checkpoint as ckpt
 from dcasgd.io.checkpoint import CheckpointError, encode, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from dcasgd.config import TrainConfig
+from dcasgd.errors import StorageError
 from dcasgd.backends.sim import run_sim
 
 
@@ -162,7 +163,7 @@ def test_a_write_killed_at_any_byte_leaves_the_previous_checkpoint_loadable(tmp_
             return f
         atomic.os.fdopen = torn_fdopen  # the atomic writer that checkpoints use
         try:
-            with pytest.raises(OSError, match="killed"):
+            with pytest.raises(StorageError, match="killed mid-write"):   # names the file, keeps the reason
                 save_checkpoint(directory, {"w": torch.zeros(100), "version": 2}, step=2)
         finally:
             atomic.os.fdopen = real_fdopen

@@ -36,6 +36,7 @@ from .compute.models import seeded_model
 from .compute.objectives import describe
 from .compute.task import Task, task_from_config
 from .config import ConfigError, TrainConfig
+from .engine.ownership import own_run_dirs
 from .io.rundir import resume_run_dir
 
 __all__ = ["train", "TrainResult"]
@@ -79,6 +80,10 @@ def train(model: Callable[[], nn.Module] | str | None = None, data: Any = None, 
       Without ``config``, ``out`` defaults to None: nothing is written.
     """
     cfg = _config(config, settings)
+    if isinstance(model, nn.Module):
+        raise ConfigError(f"model: got an nn.Module instance ({type(model).__name__}), but train takes a factory, "
+                          f"because every worker builds its own copy: pass lambda: net, or a function that "
+                          f"builds the module")
     named = {"model": model, "dataset": data, "loss": loss_fn, "metric": metric}
     objects = {}
     for key, value in named.items():
@@ -98,7 +103,19 @@ def train(model: Callable[[], nn.Module] | str | None = None, data: Any = None, 
 
 
 def run(cfg: TrainConfig, task: Task | None = None) -> TrainResult:
-    """Run a validated configuration on its backend (``task``: the user's objects, default the names)."""
+    """Run a validated configuration on its backend (``task``: the user's objects, default the names).
+
+    The run's directory (and the one it resumes from) is locked for the run's lifetime: a second
+    process asking for it gets :class:`~dcasgd.io.lock.DirectoryBusy` (bad input, exit status 2).
+    ``cfg.threads`` (when not 0) sets torch's thread count first.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    with own_run_dirs(cfg):
+        return _run_owned(cfg, task)
+
+
+def _run_owned(cfg: TrainConfig, task: Task | None) -> TrainResult:
     if cfg.backend == "ray":
         from .backends.ray.driver import RayRun
         ray_run = RayRun(cfg, task)

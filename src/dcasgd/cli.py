@@ -12,28 +12,49 @@ immediate; the backends and the study tools are imported when a command runs.
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import NOT_RESTORED_ON_RESUME, RESUME_MAY_CHANGE, ConfigError, TrainConfig
-from .errors import InputError, RunFailed
+from .engine.signals import STOP, exit_status, signal_name, stop_on_signals
+from .errors import InputError, RunFailed, StorageError, UserCodeError, is_machine_failure
 from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULES, SCHEDULES
 from .presets import PRESETS, load_config_file, load_preset, settings_from_toml
 from .io.rundir import resume_run_dir
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-EXIT_DIVERGED, EXIT_MAX_REFUSED, EXIT_NO_LIVE_WORKERS, EXIT_INTERRUPTED = 3, 4, 5, 130
+EXIT_DIVERGED, EXIT_MAX_REFUSED, EXIT_NO_LIVE_WORKERS, EXIT_STORAGE = 3, 4, 5, 6
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
-EXIT_STATUS_HELP = """exit status:
-  0    the run finished, or stopped where --stop-after-updates asked (continue it with --resume DIR)
-  1    the run failed (a server actor died, a worker raised); --resume DIR continues from the last checkpoint
-  2    bad input: one 'dcasgd: error:' line names it, and nothing was written
-  3    the model diverged (a non-finite gradient or update); summary.json reports chance-level error
-  4    stopped: a worker reached --max-refused refused pushes (a checkpoint was written)
-  5    stopped: no live workers were left (every worker failed without rejoining)
-  130  interrupted (Ctrl-C)
-"""
+# How a run ended -> its exit status; the one table behind --help, the README and the tests.
+EXIT_CODES = (
+    (EXIT_OK, "the run finished, or stopped where --stop-after-updates asked (continue it with --resume DIR)"),
+    (EXIT_RUN_FAILED, "the run failed: your model, loss, metric or data raised (the line names the function, the "
+                      "worker and the gradient; --debug shows the traceback), or a server actor died; "
+                      "summary.json says so, and --resume DIR continues from the last checkpoint if there is one"),
+    (EXIT_BAD_INPUT, "bad input: one 'dcasgd: error:' line names it, and nothing was written (a directory another "
+                     "dcasgd process is using counts: the line names its PID)"),
+    (EXIT_DIVERGED, "the model diverged (a non-finite gradient, update or final metric); summary.json reports "
+                    "chance-level error (null for a non-finite metric)"),
+    (EXIT_MAX_REFUSED, "stopped: a worker reached --max-refused refused pushes (a checkpoint was written)"),
+    (EXIT_NO_LIVE_WORKERS, "stopped: no live workers were left (every worker failed without rejoining)"),
+    (EXIT_STORAGE, "the machine failed the run, not the input: the disk is full or a file could not be written "
+                   "(the line names it); free space and --resume DIR continues from the last checkpoint"),
+    (EXIT_INTERRUPTED, "interrupted by Ctrl-C (SIGINT): the run stopped cleanly, wrote summary.json and, with "
+                       "--checkpoint-every, a checkpoint to --resume from; a second Ctrl-C stops at once"),
+    (EXIT_TERMINATED, "terminated by SIGTERM: stopped cleanly as for Ctrl-C"),
+)
+EXIT_STATUS_HELP = "exit status:\n" + "".join(f"  {code:<4} {text}\n" for code, text in EXIT_CODES)
+
+
+def exit_table_markdown() -> str:
+    """The exit-status table of README.md (``scripts/bad_input_table.py --write`` puts it there)."""
+    rows = "".join(f"| {code} | {text} |\n" for code, text in EXIT_CODES)
+    return "| status | meaning |\n|---:|---|\n" + rows
 
 
 class Parser(argparse.ArgumentParser):
@@ -112,6 +133,11 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=float, default=S, help=f"epochs between evaluations (default {d.eval_every:g})")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="no live progress line")
+    g.add_argument("--threads", type=int, default=S,
+                   help="torch threads (default 0: as torch has them; compare: cores / jobs per run); the "
+                        "simulator's bits depend on it, and a resumed run warns when it changed")
+    g.add_argument("--debug", action="store_true", default=S,
+                   help="on a failure, also print the traceback (of your own code's exception, for one)")
     h = p.add_argument_group("update rule")
     h.add_argument("--lr", type=float, default=S, help=f"learning rate (default {d.lr:g})")
     h.add_argument("--momentum", type=float, default=S,
@@ -178,6 +204,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("ray (--backend ray)")
     r.add_argument("--servers", type=int, default=S, help="parameter-server shards S (default 1)")
     r.add_argument("--address", default=S, help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
+    r.add_argument("--connect-timeout", type=float, default=S,
+                   help=f"seconds to connect to the Ray cluster at --address before giving up (default "
+                        f"{d.connect_timeout:g})")
     r.add_argument("--worker-restarts", type=int, default=S, help="times Ray restarts a dead worker (default 0)")
     r.add_argument("--device", choices=DEVICES, default=S, help="worker compute device (default cpu)")
 
@@ -202,15 +231,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     come back with it.
     """
     values: dict[str, Any] = {}
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    if "resume" in flags:
-        run_dir = resume_run_dir(flags["resume"])
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "debug")}
+    preset = load_preset(flags.pop("preset")) if "preset" in flags else {}
+    from_file = load_config_file(flags.pop("config")) if "config" in flags else {}
+    resume = flags.get("resume", from_file.get("resume"))
+    if resume:                                       # --resume DIR, or resume = "DIR" in the --config file
+        run_dir = resume_run_dir(resume)
         values.update(_checkpoint_settings(run_dir))
-    if "preset" in flags:
-        values.update(load_preset(flags.pop("preset")))
-    if "config" in flags:
-        values.update(load_config_file(flags.pop("config")))
-    if "resume" in flags:
+    values.update(preset)
+    values.update(from_file)
+    if resume and "out" not in from_file:
         values["out"] = str(run_dir)
     for key, value in flags.items():
         key = _RENAMES.get(key, key)
@@ -229,11 +259,47 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import run
     cfg = config_from_args(args)
-    return report_outcome(run(cfg).summary, Path(cfg.out))
+    out = Path(cfg.out)
+    try:
+        summary = run(cfg).summary
+    except UserCodeError as exc:
+        _show_traceback(args, exc)
+        print(f"dcasgd: run failed: {exc}{_pointers(out)}; --debug shows the traceback", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except StorageError as exc:
+        _show_traceback(args, exc)
+        print(f"dcasgd: storage failure: {exc}; the run stopped{_pointers(out, resume_hint='free space, then ')}",
+              file=sys.stderr)
+        return EXIT_STORAGE
+    except RunFailed as exc:
+        _show_traceback(args, exc)
+        print(f"dcasgd: run failed: {exc}{_pointers(out)}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return report_outcome(summary, out)
+
+
+def _pointers(out: Path, resume_hint: str = "") -> str:
+    """Where to look and how to go on, naming only files that exist."""
+    from .io.checkpoint import list_checkpoints
+    text = ""
+    if (out / "summary.json").is_file():
+        text += f"; summary in {out}/summary.json"
+    if list_checkpoints(out / "checkpoints"):
+        text += f"; {resume_hint}continue with: {resume_command(out)}"
+    return text
+
+
+def resume_command(out: Path) -> str:
+    return f"dcasgd train --resume {shlex.quote(str(out))}"
+
+
+def _show_traceback(args: argparse.Namespace, exc: BaseException) -> None:
+    if getattr(args, "debug", False):
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 def report_outcome(summary: dict[str, Any], out: Path) -> int:
-    """Print how the run ended (one line) and return its exit status (:data:`EXIT_STATUS_HELP`)."""
+    """Print how the run ended (one line) and return its exit status (:data:`EXIT_CODES`)."""
     split = {"val": "validation", "train": "training"}.get(summary.get("eval_split"), "test")
     error, updates = _metric_text(summary), summary["updates"]
     outcome = summary.get("outcome", "finished")
@@ -243,11 +309,19 @@ def report_outcome(summary: dict[str, Any], out: Path) -> int:
         return EXIT_OK
     if outcome == "stopped":
         print(f"stopped after {updates} updates as asked ({split} error {error} there); "
-              f"results so far in {out}/; continue with: dcasgd train --resume {out}")
+              f"results so far in {out}/; continue with: {resume_command(out)}")
         return EXIT_OK
+    if outcome == "interrupted":
+        signum = STOP.signum or signal.SIGINT
+        how = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"terminated ({signal_name(signum)})"
+        print(f"dcasgd: {how} after {updates} updates ({split} error {error} there){_pointers(out)}",
+              file=sys.stderr)
+        return exit_status(signum)
     if outcome == "diverged":
-        print(f"dcasgd: the model diverged after {updates} updates (a non-finite gradient or update); "
-              f"{split} error reported at chance level, {error}; results in {out}/", file=sys.stderr)
+        what = ("its final metric is not a number" if summary.get("metric_not_finite")
+                else "a non-finite gradient or update")
+        print(f"dcasgd: the model diverged after {updates} updates ({what}); "
+              f"{split} error reported as {error}; results in {out}/", file=sys.stderr)
         return EXIT_DIVERGED
     if outcome == "max_refused":
         refused = summary.get("refused_per_worker") or [0]
@@ -280,11 +354,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     flags = argparse.Namespace(**{k: v for k, v in vars(args).items()
                                   if not k.startswith("grid_") and k not in ("jobs", "threads", "run_out")})
     base = config_from_args(flags)
+    threads = getattr(args, "threads", 0)
     if args.jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1, got {args.jobs}")
-    if args.threads < 0:
-        raise ConfigError(f"threads must be an integer >= 0, got {args.threads}")
-    record = compare(base, grid, Path(args.run_out), args.jobs, args.threads)
+    if threads < 0:
+        raise ConfigError(f"threads must be an integer >= 0, got {threads}")
+    record = compare(base, grid, Path(args.run_out), args.jobs, threads)
     print(f"compare finished: {Path(args.run_out)}/ (chosen learning rates: {record['chosen_lr']}); "
           f"next: dcasgd report {args.run_out}")
     return EXIT_OK
@@ -333,9 +408,6 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_out", metavar="OUT", help="directory for the grid's run directories")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads per run (default: cores / jobs); results are bit-reproducible "
-                        "for the same value")
     p.add_argument("--methods", dest="grid_methods", type=_names, default=None,
                    help="comma-separated methods (default: all, or the preset's)")
     p.add_argument("--workers-grid", dest="grid_workers", type=_ints, default=None, metavar="M1,M2",
@@ -383,15 +455,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
+        with stop_on_signals():
+            return args.func(args)
+    except KeyboardInterrupt:                          # a second Ctrl-C, or one outside a run
         print("dcasgd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except StorageError as exc:
+        _show_traceback(args, exc)
+        print(f"dcasgd: storage failure: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     except RunFailed as exc:
-        print(f"dcasgd: run failed: {exc} (see summary.json; --resume DIR continues from the last checkpoint)",
-              file=sys.stderr)
+        _show_traceback(args, exc)
+        print(f"dcasgd: run failed: {exc}", file=sys.stderr)
         return EXIT_RUN_FAILED
-    except (InputError, OSError) as exc:
+    except OSError as exc:
+        _show_traceback(args, exc)
+        if is_machine_failure(exc):
+            print(f"dcasgd: storage failure: {exc}", file=sys.stderr)
+            return EXIT_STORAGE
+        print(f"dcasgd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except InputError as exc:
+        _show_traceback(args, exc)
         print(f"dcasgd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -37,7 +37,8 @@ __all__ = ["BACKENDS", "DATASETS", "SCHEDULES", "ConfigError", "TrainConfig", "R
            "RESUME_MAY_CHANGE", "NOT_RESTORED_ON_RESUME", "MAX_SEED"]
 
 RUN_INVARIANT = frozenset({"out", "resume", "overwrite", "progress", "tensorboard", "data_root", "checkpoint_every",
-                           "keep_checkpoints", "address", "worker_restarts", "device"})
+                           "keep_checkpoints", "address", "worker_restarts", "device", "threads",
+                           "connect_timeout"})
 STOP_CONDITIONS = frozenset({"stop_after_updates", "max_refused"})
 RESUME_MAY_CHANGE = RUN_INVARIANT | STOP_CONDITIONS
 # What ``--resume DIR`` does not take from the checkpoint: where to write (DIR), and the stop
@@ -112,10 +113,12 @@ class TrainConfig:
     max_refused: int = 0
     clip_norm: float = 0.0
     stop_after_updates: int = 0        # stop early with a checkpoint; 0 = run to the end
+    threads: int = 0                   # torch threads (0: as torch has them); the simulator's bits depend on it
     corrupt: dict[int, float] = field(default_factory=dict)   # sim fault injection: worker -> P(NaN gradient)
     # ray
     servers: int = 1
     address: str | None = None
+    connect_timeout: float = 30.0      # seconds to connect to a Ray cluster at address before giving up
     worker_restarts: int = 0
     device: str = "cpu"
 
@@ -149,7 +152,7 @@ class TrainConfig:
         for name in ("workers", "batch_size", "servers", "keep_checkpoints"):
             _positive_int(name, getattr(self, name))
         for name in ("val_size", "probe_every", "checkpoint_every", "max_refused", "worker_restarts",
-                     "stop_after_updates", "tau_c"):
+                     "stop_after_updates", "tau_c", "threads"):
             _nonneg_int(name, getattr(self, name))
         _nonneg_int("seed", self.seed)
         if self.seed > MAX_SEED:
@@ -162,6 +165,7 @@ class TrainConfig:
         _positive("lr", self.lr)
         _positive("eval_every", self.eval_every)
         _positive("base_time", self.base_time)
+        _positive("connect_timeout", self.connect_timeout)
         _positive("eps", self.eps)
         for name in ("wd", "lam", "lam0", "jitter", "comm_time", "hetero_sigma", "warmup_epochs", "clip_norm",
                      "adadelay_c"):

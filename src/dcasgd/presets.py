@@ -25,14 +25,44 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start}), so not a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+
+
+# TOML keys that are long flags whose setting has another name (``--straggler`` sets ``stragglers``)
+FLAG_KEYS = {"straggler": "stragglers", "fail": "failures", "no_progress": "progress"}
+
+
+def _flag_values(key: str, value: Any) -> Any:
+    """A flag-named key's value as its setting: ``straggler = ["3:4.0"]`` (the flag's form) or a table;
+    ``fail = ["2:50:120"]`` or lists; ``no_progress = true`` is ``progress = false``."""
+    if key == "no_progress":
+        return not value if isinstance(value, bool) else value
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        parts = [v.split(":") for v in value]
+        if key == "straggler":
+            return {p[0]: p[1] if len(p) > 1 else None for p in parts}
+        return [[p[0], *p[1:]] for p in parts]
+    return value
 
 
 def settings_from_toml(raw: dict[str, Any], source: str) -> dict[str, Any]:
     """TrainConfig keyword arguments from a parsed TOML table (``[compare]`` dropped)."""
     known = set(TrainConfig.__dataclass_fields__)
-    values = {k.replace("-", "_"): v for k, v in raw.items() if k != "compare"}
+    values: dict[str, Any] = {}
+    for raw_key, value in raw.items():
+        key = raw_key.replace("-", "_")
+        if key == "compare":
+            continue
+        if key in FLAG_KEYS:
+            if FLAG_KEYS[key] in values or FLAG_KEYS[key] in raw:
+                raise ConfigError(f"{source}: both {raw_key} and {FLAG_KEYS[key]} are set; keep one")
+            key, value = FLAG_KEYS[key], _flag_values(key, value)
+        values[key] = value
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {unknown}; allowed: {sorted(known)}")

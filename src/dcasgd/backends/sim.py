@@ -32,6 +32,8 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,11 +47,13 @@ from ..config import TrainConfig
 from ..core.consistency import SyncBarrier, parse_consistency
 from ..core.kernels import all_finite
 from ..core.server import NonFiniteUpdate, PushRejected, ServerCore
-from ..errors import InputError
+from ..errors import InputError, RunFailed
 from ..engine.context import RunContext, open_run_dir, prepare_run, write_summary
 from ..engine.probe import CompensationProbe
 from ..engine.recorder import Recorder
-from ..engine.resume import check_resumable, load_resume_checkpoint
+from ..engine.resume import (check_resumable, check_same_run, check_thread_count, load_resume_checkpoint,
+                             metrics_prefix_problem)
+from ..engine.signals import STOP, signal_name
 from ..engine.speeds import worker_speeds
 from ..io.checkpoint import CheckpointError, save_checkpoint
 
@@ -177,6 +181,8 @@ class Simulator:
         self.gradients = 0                   # gradients computed and pushed
         self.target_samples = math.ceil(cfg.epochs * n)
         self._checkpoint_due = False
+        self.threads_history: list[int] = []           # torch threads of the earlier segments (resumed runs)
+        self.resume_record: dict[str, Any] = {}         # what a resume adds to the summary
 
     @property
     def metrics(self) -> Any:
@@ -244,7 +250,7 @@ class Simulator:
         # not copies, when nothing else computes on the model before the push (no probe)
         self.flat.point_to(w.weights)
         result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key, copy=self.probe is not None,
-                                  loss_fn=self.loss_fn)
+                                  loss_fn=self.loss_fn, origin=(w.index, w.clock))
         return result, (x, y, key)
 
     def _on_finish(self, w: SimWorker) -> None:
@@ -383,10 +389,20 @@ class Simulator:
     # ------------------------------------------------------------ main loop
 
     def run(self) -> SimResult:
+        """Simulate to the end (or a stop); write the summary.  A run that fails (the user's code raised,
+        the disk filled) still writes a summary saying so (``outcome: "failed"``), then raises."""
+        resume = self._load_resume(self.ctx.resume_dir) if self.ctx.resume_dir is not None else None
+        open_run_dir(self.ctx)                             # (after the checkpoint's checks: bad input writes nothing)
+        try:
+            return self._run(resume)
+        except RunFailed as exc:
+            self._write_failure(exc)
+            raise
+
+    def _run(self, resume: tuple[Path, dict[str, Any]] | None) -> SimResult:
         cfg = self.cfg
-        open_run_dir(self.ctx)
-        if self.ctx.resume_dir is not None:
-            self._resume(self.ctx.resume_dir)
+        if resume is not None:
+            self._resume(self.ctx.resume_dir, *resume)
         else:
             self.recorder.open(lr=lambda: self.server.lr)
             self._evaluate()                               # error at epoch 0
@@ -400,7 +416,7 @@ class Simulator:
                 for w in self.workers:
                     self._start(w)
         handlers = {FINISH: self._on_finish, FAIL: self._on_fail, REJOIN: self._on_rejoin}
-        while self.events and not (self.finished or self.stop_requested):
+        while self.events and not (self.finished or self.stop_requested or STOP.requested):
             if self._checkpoint_due:                       # between events: a clean cut
                 self._save_checkpoint()
             event = heapq.heappop(self.events)
@@ -410,10 +426,12 @@ class Simulator:
             self.now = event.time
             handlers[event.kind](w)
         outcome = self._outcome()
-        if outcome in ("stopped", "max_refused"):
-            self._save_checkpoint()
-            self._log_event("stopped_early", -1, reason="max_refused" if outcome == "max_refused"
-                            else "stop_after_updates")
+        if outcome in ("stopped", "max_refused", "interrupted"):
+            if outcome != "interrupted" or (cfg.checkpoint_every and self.ctx.out is not None):
+                self._save_checkpoint()
+            self._log_event("stopped_early", -1, reason={"max_refused": "max_refused",
+                                                         "interrupted": signal_name(STOP.signum)}.get(
+                                                             outcome, "stop_after_updates"))
         elif outcome == "no_live_workers":
             self._log_event("stopped_no_live_workers", -1)
         if self.diverged:
@@ -422,16 +440,28 @@ class Simulator:
             self._evaluate()
         self.recorder.show_progress(self.epoch, self.server.version, force=True)
         self.recorder.close()
-        summary = self.recorder.summary(
+        summary = write_summary(self.ctx.out, self._summary(outcome))
+        return SimResult(summary, self.server.weights.clone(), self.server_buffers.clone(),
+                         self.recorder.metrics.records)
+
+    def _summary(self, outcome: str, **extra: Any) -> dict[str, Any]:
+        return self.recorder.summary(
             updates=self.server.version, gradients=self.gradients, epoch=self.epoch, outcome=outcome,
             backend="sim", sim_time_s=self.now, refused_per_worker=self.server.refused.tolist(),
             clipped_updates=self.server.clipped, speeds=self.timing.speed,
             server_bytes_per_param=self.server.bytes_per_param(),
-            stopped_early=outcome in ("stopped", "max_refused"),
-            **({"probe": self.probe.summary()} if hasattr(self.probe, "summary") else {}))
-        summary = write_summary(self.ctx.out, summary)
-        return SimResult(summary, self.server.weights.clone(), self.server_buffers.clone(),
-                         self.recorder.metrics.records)
+            stopped_early=outcome in ("stopped", "max_refused", "interrupted"),
+            **({"probe": self.probe.summary()} if hasattr(self.probe, "summary") else {}),
+            **self.resume_record, **extra)
+
+    def _write_failure(self, exc: RunFailed) -> None:
+        """Best effort: a summary that says the run failed and why (the disk may be what failed)."""
+        try:
+            if self.recorder.metrics is not None:
+                self.recorder.close()
+            write_summary(self.ctx.out, self._summary("failed", error=str(exc), error_type=type(exc).__name__))
+        except (RunFailed, OSError):
+            pass
 
     def _outcome(self) -> str:
         """How the run ended (:data:`dcasgd.engine.context.OUTCOMES`)."""
@@ -441,6 +471,8 @@ class Simulator:
         if not self.finished and self.stop_requested:
             return "max_refused" if cfg.max_refused and int(self.server.refused.max()) >= cfg.max_refused \
                 else "stopped"
+        if not self.finished and STOP.requested:
+            return "interrupted"
         return "finished" if self.finished else "no_live_workers"
 
     # ------------------------------------------------------------ checkpoints
@@ -464,7 +496,10 @@ class Simulator:
             "recorder": json.dumps(self.recorder.state_dict()),
             "probe": self.probe.state_dict() if hasattr(self.probe, "state_dict") else None,
             "scalars": {"seq": self.seq, "now": self.now, "samples": self.samples, "gradients": self.gradients},
-            "metrics_bytes": self.metrics.tell(),
+            "metrics": self.metrics.mark(),             # length and SHA-256 of metrics.jsonl, fsynced first
+            "run_id": self.ctx.run_id,
+            "torch_threads": torch.get_num_threads(),
+            "torch_threads_history": self.threads_history + [torch.get_num_threads()],
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -496,18 +531,47 @@ class Simulator:
                         keep=self.cfg.keep_checkpoints)
         self._checkpoint_due = False
 
-    def _resume(self, directory: Path) -> None:
-        """Load the newest good checkpoint of ``directory`` and cut metrics.jsonl back to its length."""
+    def _load_resume(self, directory: Path) -> tuple[Path, dict[str, Any]]:
+        """The newest good checkpoint of ``directory``, checked to belong to this run (nothing written)."""
         path, sd = load_resume_checkpoint(directory)
         check_resumable(sd.get("config", {}), self.cfg, path)
+        check_same_run(sd.get("run_id"), directory, path)
+        if sd.get("format") != SIM_STATE_FORMAT:
+            raise CheckpointError(f"checkpoint {path}: not a simulator checkpoint of this version (format "
+                                  f"{sd.get('format')!r}, expected {SIM_STATE_FORMAT!r})")
+        return path, sd
+
+    def _resume(self, directory: Path, path: Path, sd: dict[str, Any]) -> None:
+        """Continue from checkpoint ``sd``; cut metrics.jsonl back to the length it recorded.
+
+        The metrics file must still hold the bytes the checkpoint recorded; when it does not (its tail
+        was lost in a crash, or it was truncated), resuming in place is refused, and a resume into a new
+        ``--out`` starts a fresh history there from the checkpoint instead of inventing bytes.
+        """
+        check_thread_count(sd.get("torch_threads"), path)
         self.load_state_dict(sd)
+        self.threads_history = list(sd.get("torch_threads_history") or [])
+        if any(count != torch.get_num_threads() for count in self.threads_history):
+            self.resume_record["torch_threads_history"] = self.threads_history + [torch.get_num_threads()]
+        mark = sd.get("metrics") or {"bytes": sd["metrics_bytes"], "sha256": None}
         metrics_path = self.ctx.out / "metrics.jsonl"
         source = directory / "metrics.jsonl"
-        if source.resolve() != metrics_path.resolve():
-            metrics_path.write_bytes(source.read_bytes()[:sd["metrics_bytes"]])
-        else:
+        problem = metrics_prefix_problem(source, mark)
+        if source.resolve() == metrics_path.resolve():
+            if problem:
+                raise CheckpointError(f"cannot resume {directory} in place: {problem}; to go on from checkpoint "
+                                      f"{path.name} with a fresh history, resume into a new directory: "
+                                      f"dcasgd train --resume {shlex.quote(str(directory))} --out NEW")
             with open(metrics_path, "r+b") as f:
-                f.truncate(sd["metrics_bytes"])
+                f.truncate(mark["bytes"])
+        elif problem:
+            print(f"dcasgd: warning: {problem}; {metrics_path} starts a fresh history at the checkpoint "
+                  f"(version {self.server.version})", file=sys.stderr)
+            metrics_path.write_bytes(b"")
+            self.resume_record["history_from_version"] = self.server.version
+        else:
+            with open(source, "rb") as f:
+                metrics_path.write_bytes(f.read(mark["bytes"]))
         self.recorder.open(lr=lambda: self.server.lr, append=True)
 
 

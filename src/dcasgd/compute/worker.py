@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import DcasgdError, UserCodeError
 from .data import shard_indices
 from .flat import FlatModel
-from .objectives import Loss, Metric, batch_total, classification_error, cross_entropy
+from .objectives import Loss, Metric, batch_total, classification_error, cross_entropy, describe
 
 
 @dataclass
@@ -90,19 +91,32 @@ def seed_dropout(key: int, device: torch.device) -> None:
 
 def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None,
                      x: torch.Tensor, y: torch.Tensor, key: int, copy: bool = True,
-                     loss_fn: Loss = cross_entropy) -> Gradient:
+                     loss_fn: Loss = cross_entropy, origin: tuple[int, int] | None = None) -> Gradient:
     """Gradient of ``loss_fn`` (a batch mean) at ``weights`` on batch (x, y); dropout seeded by ``key``.
 
     ``copy=False`` returns views of the model's flat gradient and buffers, valid only
     until the next computation on ``flat`` (the simulator pushes them at once).
+    An exception in the model's forward or backward pass or in ``loss_fn`` is the
+    user's: it comes back as :class:`~dcasgd.errors.UserCodeError` naming the
+    function and ``origin`` = (worker, gradient number), the original as ``__cause__``.
     """
     flat.load(weights, buffers)
     if not flat.module.training:                     # (train() walks every submodule: skip it when set)
         flat.module.train()
     flat.zero_grad()
     seed_dropout(key, flat.params.device)
-    loss = loss_fn(flat.module(x), y)
-    loss.backward()
+    try:
+        output = flat.module(x)
+    except Exception as exc:
+        raise user_code_error(flat.module, "forward pass", origin, exc) from exc
+    try:
+        loss = loss_fn(output, y)
+    except Exception as exc:
+        raise user_code_error(loss_fn, "loss", origin, exc) from exc
+    try:
+        loss.backward()
+    except Exception as exc:
+        raise user_code_error(flat.module, "backward pass", origin, exc) from exc
     if not copy:
         return Gradient(flat.grads, float(loss.detach()), flat.buffers)
     return Gradient(flat.grads.clone(), float(loss.detach()), flat.buffers.clone())
@@ -120,9 +134,32 @@ def evaluate(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | Non
     flat.module.eval()
     metric_sum, loss_sum = 0.0, 0.0
     for start in range(0, len(y), batch_size):
-        output = flat.module(x[start:start + batch_size])
         target = y[start:start + batch_size]
-        loss_sum += batch_total(loss_fn, output, target)
-        metric_sum += batch_total(metric, output, target)
+        try:
+            output = flat.module(x[start:start + batch_size])
+        except Exception as exc:
+            raise user_code_error(flat.module, "forward pass", None, exc) from exc
+        loss_sum += _users_batch_total(loss_fn, "loss", output, target)
+        metric_sum += _users_batch_total(metric, "metric", output, target)
     n = max(1, len(y))
     return metric_sum / n, loss_sum / n
+
+
+def _users_batch_total(fn: Loss | Metric, what: str, output: torch.Tensor, target: torch.Tensor) -> float:
+    try:
+        return batch_total(fn, output, target)
+    except DcasgdError:
+        raise
+    except Exception as exc:
+        raise user_code_error(fn, what, None, exc) from exc
+
+
+def user_code_error(function: object, what: str, origin: tuple[int, int] | None,
+                    cause: BaseException) -> UserCodeError:
+    """A UserCodeError naming ``function`` (a module: its class), the part that failed and where."""
+    if isinstance(function, torch.nn.Module):
+        name = f"your model ({type(function).__module__}:{type(function).__qualname__}, {what})"
+    else:
+        name = f"your {what} {describe(function)}"
+    where = "in an evaluation" if origin is None else f"on worker {origin[0]} at gradient {origin[1]}"
+    return UserCodeError(name, where, cause)

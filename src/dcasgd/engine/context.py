@@ -18,6 +18,7 @@ run's files when ``overwrite`` asked for it).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -32,16 +33,16 @@ from ..compute.task import Task, task_from_config
 from ..config import ConfigError, TrainConfig
 from ..core.rules import LRSchedule
 from ..io.atomic import atomic_write_text
-from ..io.rundir import (check_new_run_dir, check_tensorboard_dir, clear_run_files, clear_tensorboard_files,
-                         resume_run_dir)
+from ..io.rundir import (RUN_ID_FILE, check_new_run_dir, check_tensorboard_dir, clear_run_files,
+                         clear_tensorboard_files, new_run_id, read_run_id, resume_run_dir)
 
 # How a run ended (summary["outcome"]); the CLI prints one line and exit status per outcome.
-OUTCOMES = ("finished", "stopped", "diverged", "max_refused", "no_live_workers")
+OUTCOMES = ("finished", "stopped", "diverged", "max_refused", "no_live_workers", "interrupted", "failed")
 
 # Settings one backend does not use: warned about once, recorded in summary["ignored_settings"].
 IGNORED_BY = {
     "ray": ("base_time", "jitter", "comm_time", "failures", "replay", "corrupt"),
-    "sim": ("servers", "address", "worker_restarts", "device"),
+    "sim": ("servers", "address", "worker_restarts", "device", "connect_timeout"),
 }
 
 
@@ -58,6 +59,7 @@ class RunContext:
     model: torch.nn.Module                       # the freshly initialised model (seeded by cfg.seed)
     resume_dir: Path | None = None               # the run directory a resumed run continues
     ignored_settings: list[str] = field(default_factory=list)
+    run_id: str | None = None                    # the run's identity (set by open_run_dir; None: no files)
 
     @property
     def data(self) -> Dataset:
@@ -104,7 +106,12 @@ def prepare_run(cfg: TrainConfig, task: Task | None = None) -> RunContext:
 
 
 def open_run_dir(ctx: RunContext) -> None:
-    """Make the run directory; with ``overwrite``, first remove the files of the run it held."""
+    """Make the run directory; with ``overwrite``, first remove the files of the run it held.
+
+    A new run gets a new identity (``run_id``, written to ``DIR/run_id``); a
+    resumed run keeps the identity of the run it continues (copied into a new
+    ``--out``), or None for a run made before identities existed.
+    """
     cfg = ctx.cfg
     if ctx.out is None:
         return
@@ -114,6 +121,9 @@ def open_run_dir(ctx: RunContext) -> None:
         if cfg.tensorboard and ctx.resume_dir is None:
             clear_tensorboard_files(cfg.tensorboard)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    ctx.run_id = new_run_id() if ctx.resume_dir is None else read_run_id(ctx.resume_dir)
+    if ctx.run_id is not None and not continuing_in_place:
+        atomic_write_text(ctx.out / RUN_ID_FILE, ctx.run_id + "\n")
 
 
 def ignored_settings(cfg: TrainConfig) -> list[str]:
@@ -196,8 +206,23 @@ def command_line() -> str:
 
 
 def write_summary(out: Path | None, summary: dict[str, Any]) -> dict[str, Any]:
-    """Add the command line and write ``out/summary.json`` atomically (nothing when ``out`` is None)."""
-    summary = {**summary, "command": command_line()}
+    """Add the command line and write ``out/summary.json`` atomically (nothing when ``out`` is None).
+
+    Non-finite numbers (a metric that came out NaN) are written as ``null``:
+    ``NaN`` is not JSON.  The returned summary holds the same values.
+    """
+    summary = finite_or_null({**summary, "command": command_line()})
     if out is not None:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return summary
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, however deeply nested, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(finite_or_null(v) for v in value)
+    return value

@@ -1,4 +1,9 @@
-"""Files that are never half written: write a temp file in the same directory, fsync, rename, fsync the directory."""
+"""Files that are never half written: write a temp file in the same directory, fsync, rename, fsync the directory.
+
+A write that fails (a full disk, an I/O error) leaves the old file as it was,
+removes the temp file, and raises :class:`~dcasgd.errors.StorageError` naming
+the file.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,19 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..errors import StorageError
+
 
 def atomic_write_bytes(path: Path | str, blob: bytes) -> None:
     """temp file in the same directory, write, fsync, rename, fsync directory."""
     path = Path(path)
+    try:
+        _write(path, blob)
+    except OSError as exc:
+        raise StorageError(str(path), exc) from exc
+
+
+def _write(path: Path, blob: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

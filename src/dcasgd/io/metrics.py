@@ -19,9 +19,13 @@ run writes no files (``out=None`` in the Python API).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import IO, Any
+
+from ..errors import StorageError
 
 
 PENDING_LINES = 4096          # lines held before they are encoded together (see MetricsWriter)
@@ -37,14 +41,25 @@ class MetricsWriter:
     run flushes after each evaluation, so a crash loses at most the updates
     since, as with a buffered file.  A written record's values must not change
     afterwards.
+
+    The writer keeps a running SHA-256 of every byte in the file, so a
+    checkpoint can record the file's length *and* digest (:meth:`mark`) and a
+    resumed run can check that the file still holds that prefix.  A failed
+    write (a full disk, an I/O error) raises :class:`~dcasgd.errors.StorageError`
+    naming the file.
     """
 
     def __init__(self, path: Path | str | None, append: bool = False) -> None:
         self.path = None if path is None else Path(path)
         self.records: list[dict[str, Any]] = []            # the lines, when there is no file
         self._pending: list[dict[str, Any]] = []           # the lines not yet encoded, when there is one
-        self._file: IO[str] | None = (None if self.path is None
-                                      else open(self.path, "a" if append else "w", encoding="utf-8"))
+        self._digest = hashlib.sha256()
+        self._file: IO[bytes] | None = None
+        if self.path is not None:
+            with self._storage():
+                if append and self.path.exists():
+                    self._digest = digest_of_prefix(self.path, self.path.stat().st_size)[1]
+                self._file = open(self.path, "ab" if append else "wb")
 
     def write(self, kind: str, **fields: Any) -> None:
         record = {"kind": kind, **fields}
@@ -58,13 +73,17 @@ class MetricsWriter:
     def _encode_pending(self) -> None:
         if self._pending:
             encode = _ENCODER.encode
-            self._file.write("".join([encode(r) + "\n" for r in self._pending]))
+            blob = "".join([encode(r) + "\n" for r in self._pending]).encode("utf-8")
             self._pending.clear()
+            with self._storage():
+                self._file.write(blob)
+            self._digest.update(blob)
 
     def flush(self) -> None:
         if self._file is not None:
             self._encode_pending()
-            self._file.flush()
+            with self._storage():
+                self._file.flush()
 
     def tell(self) -> int:
         """Bytes written so far (after a flush): where a resumed run cuts the file back to."""
@@ -73,7 +92,51 @@ class MetricsWriter:
         self.flush()
         return self._file.tell()
 
+    def mark(self) -> dict[str, Any]:
+        """Flush and fsync, then ``{"bytes": length, "sha256": digest}`` of the file so far: what a
+        checkpoint records, so that a resumed run can check the file still holds this prefix."""
+        if self._file is None:
+            return {"bytes": 0, "sha256": None}
+        self.flush()
+        with self._storage():
+            os.fsync(self._file.fileno())
+        return {"bytes": self._file.tell(), "sha256": self._digest.hexdigest()}
+
     def close(self) -> None:
         if self._file is not None:
-            self._encode_pending()
-            self._file.close()
+            try:
+                self._encode_pending()
+            finally:
+                with self._storage():
+                    self._file.close()
+
+    def _storage(self) -> "_StorageErrors":
+        return _StorageErrors(self.path)
+
+
+class _StorageErrors:
+    """Turn an OSError while writing ``path`` into a StorageError naming it."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, OSError):
+            raise StorageError(str(self.path), exc) from exc
+        return False
+
+
+def digest_of_prefix(path: Path | str, length: int) -> tuple[int, Any]:
+    """(bytes actually read, running SHA-256) of the first ``length`` bytes of ``path``."""
+    digest, read = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while read < length:
+            chunk = f.read(min(1 << 20, length - read))
+            if not chunk:
+                break
+            digest.update(chunk)
+            read += len(chunk)
+    return read, digest

@@ -1,7 +1,9 @@
 """A run directory belongs to one run.
 
-A run writes ``metrics.jsonl``, ``summary.json``, ``checkpoints/`` and (on
-Ray) ``trace.jsonl`` into its directory.  A *new* run refuses a directory
+A run writes ``metrics.jsonl``, ``summary.json``, ``checkpoints/``, ``run_id``
+and (on Ray) ``trace.jsonl`` into its directory.  ``run_id`` names the run (a
+random hex string made when it starts); its checkpoints and summary carry the
+same id, so a checkpoint copied in from another run is recognised and refused.  A *new* run refuses a directory
 that already holds any of them, unless asked to overwrite, in which case
 those files are removed just before the new ones are written: the files of two
 runs are never mixed.  A *resumed* run continues in the directory it resumes
@@ -14,12 +16,14 @@ Torch-free: the CLI checks directories before anything heavy starts.
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 from ..errors import InputError
 
-RUN_FILES = ("summary.json", "metrics.jsonl", "trace.jsonl", "checkpoints")
+RUN_FILES = ("summary.json", "metrics.jsonl", "trace.jsonl", "checkpoints", "run_id")
 CHECKPOINT_DIR = "checkpoints"
+RUN_ID_FILE = "run_id"
 
 
 class RunDirError(InputError):
@@ -84,3 +88,17 @@ def check_tensorboard_dir(directory: Path | str, overwrite: bool) -> None:
 def clear_tensorboard_files(directory: Path | str) -> None:
     for path in tensorboard_files(directory):
         path.unlink()
+
+
+def new_run_id() -> str:
+    """A fresh run identity: 32 random hex digits."""
+    return uuid.uuid4().hex
+
+
+def read_run_id(directory: Path | str) -> str | None:
+    """The id of the run whose files ``directory`` holds; None for a run made before ids existed."""
+    try:
+        text = (Path(directory) / RUN_ID_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
