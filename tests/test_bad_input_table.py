@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from bad_input_table import CASES, DOC, command_text, run_case  # noqa: E402
+from bad_input_table import CASES, DOC, README, command_text, readme_with_exit_table, run_case  # noqa: E402
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.what for c in CASES])
@@ -25,3 +25,8 @@ def test_the_documented_table_lists_every_case():
     doc = DOC.read_text(encoding="utf-8")
     for case in CASES:
         assert f"`{command_text(case)}`" in doc
+
+
+def test_the_readme_exit_table_is_the_clis_own():
+    readme = README.read_text(encoding="utf-8")
+    assert readme_with_exit_table(readme) == readme, "run: python scripts/bad_input_table.py --write"

@@ -139,6 +139,9 @@ def test_a_killed_server_shard_stops_the_run_and_resume_applies_nothing_twice(cl
         rb.run_ray(make_cfg(out, c.address, **cfg), instrument=rb.Instrumentation(on_tick=kill_shard))
     crashed = json.loads((out / "summary.json").read_text())
     assert crashed["server_failed"] is True and crashed["stop_reason"] is None
+    assert crashed["outcome"] == "failed"                   # not the label of exit 5, no_live_workers
+    assert crashed["final_test_error"] is None               # no evaluation of the final weights: no stale one
+    assert crashed["last_evaluation"]["version"] < crashed["updates"]
     ckpt = crashed["last_checkpoint_version"]
     assert ckpt >= 40 and ckpt % 20 == 0
     assert crashed["lost_updates"] == crashed["updates"] - ckpt >= 0

@@ -359,7 +359,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"jobs must be an integer >= 1, got {args.jobs}")
     if threads < 0:
         raise ConfigError(f"threads must be an integer >= 0, got {threads}")
-    record = compare(base, grid, Path(args.run_out), args.jobs, threads)
+    from .study.compare import Interrupted
+    try:
+        record = compare(base, grid, Path(args.run_out), args.jobs, threads)
+    except Interrupted as exc:
+        print(f"dcasgd: compare stopped by {exc}: queued runs cancelled, running ones stopped; "
+              f"the next 'dcasgd compare {shlex.quote(args.run_out)} ...' with the same settings goes on from "
+              f"the finished runs", file=sys.stderr)
+        return exit_status(exc.signum)
     print(f"compare finished: {Path(args.run_out)}/ (chosen learning rates: {record['chosen_lr']}); "
           f"next: dcasgd report {args.run_out}")
     return EXIT_OK

@@ -26,7 +26,7 @@ from ..io.rundir import RunDirError, resume_run_dir
 
 
 @contextlib.contextmanager
-def own_run_dirs(cfg: TrainConfig, what: str = "run") -> Iterator[list[DirLock]]:
+def own_run_dirs(cfg: TrainConfig) -> Iterator[list[DirLock]]:
     """Hold exclusive locks on the run's directories while the block runs (nothing when ``out`` is None)."""
     dirs: list[Path] = []
     if cfg.out is not None:
@@ -35,6 +35,14 @@ def own_run_dirs(cfg: TrainConfig, what: str = "run") -> Iterator[list[DirLock]]
         source = resume_run_dir(cfg.resume)
         if not dirs or source.resolve() != dirs[0].resolve():
             dirs.append(source)
+    with own_dirs(dirs, "run") as locks:
+        yield locks
+
+
+@contextlib.contextmanager
+def own_dirs(dirs: list[Path], what: str) -> Iterator[list[DirLock]]:
+    """Lock each of ``dirs`` (making it if missing) while the block runs; when the block raises, also
+    remove the directories the locks made that are left empty (a run refused before it wrote anything)."""
     locks, made = [], []
     try:
         for directory in dirs:
@@ -45,8 +53,7 @@ def own_run_dirs(cfg: TrainConfig, what: str = "run") -> Iterator[list[DirLock]]
         for lock in reversed(locks):
             lock.release()
         locks = []
-        for directory in reversed(made):          # deepest first; only ones left empty (a run that
-            # failed before it wrote anything); rmdir refuses any that hold files
+        for directory in reversed(made):          # deepest first; rmdir refuses any that hold files
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise

@@ -148,12 +148,20 @@ class Recorder:
         """The summary fields every backend writes, then the backend's own (``backend``)."""
         staleness = self.stats.summary()
         task = self.ctx.task
+        last = self.evals[-1] if self.evals else None
+        final = last if last is not None and last["version"] == updates else None
+        extra: dict[str, Any] = {}
+        if final is None:                   # (a failed run) no evaluation of the final weights: say so
+            extra["last_evaluation"] = None if last is None else {k: last[k] for k in ("version", "epoch",
+                                                                                        "test_error")}
+        elif final["test_error"] is not None and not math.isfinite(final["test_error"]) and outcome == "finished":
+            outcome, extra["metric_not_finite"] = "diverged", True   # the final metric is not a number
         return {
-            "final_test_error": self.last_error,
+            "final_test_error": None if final is None else final["test_error"],
             "eval_split": self.ctx.eval_split,
             "metric": describe(task.metric),
             "loss": describe(task.loss_fn),
-            "diverged": self.diverged,
+            "diverged": self.diverged or outcome == "diverged",
             "outcome": outcome,
             "updates": updates,
             "gradients": gradients,
@@ -169,6 +177,8 @@ class Recorder:
             "curve": [{k: r[k] for k in ("epoch", "time_s", "test_error")} for r in self.evals],
             "config": self.cfg.to_dict(),
             "ignored_settings": self.ctx.ignored_settings,
+            "run_id": self.ctx.run_id,
+            **extra,
             **backend,
         }
 

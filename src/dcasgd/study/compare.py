@@ -66,6 +66,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RUN_INVARIANT, ConfigError, TrainConfig
+from ..engine.ownership import own_dirs
+from ..engine.signals import STOP, signal_name
 from ..io.atomic import atomic_write_text
 from ..io.rundir import run_files
 
@@ -251,9 +253,18 @@ def config_differences(recorded: dict[str, Any], wanted: TrainConfig) -> list[st
             if k not in RUN_INVARIANT and recorded.get(k, _DEFAULTS[k]) != v]
 
 
+# outcomes of a run that did not get to its end: it is run again, not reused
+UNFINISHED = ("interrupted", "failed")
+
+
 def finished_run(job: Job, config: TrainConfig) -> tuple[dict[str, Any] | None, list[str]]:
-    """(the job's summary or None, how its recorded config differs from ``config``; empty: current)."""
+    """(the job's summary or None, how its recorded config differs from ``config``; empty: current).
+
+    A summary of a run that was interrupted or failed counts as none: the job runs again.
+    """
     summary = read_summary(job.out)
+    if summary is not None and summary.get("outcome") in UNFINISHED:
+        summary = None
     return summary, ([] if summary is None else config_differences(summary["config"], config))
 
 
@@ -325,13 +336,44 @@ def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], out: Path
             progress.finished(job, None, skipped=True)
     if not todo:
         return
-    with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+    pool = ProcessPoolExecutor(max_workers=n_jobs)
+    try:
         pending = {pool.submit(_run_job, configs[job], threads): job for job in todo}
         while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in finished:
                 job = pending.pop(future)
                 progress.finished(job, future.result())
+            if STOP.requested:
+                raise Interrupted(STOP.signum)
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a study: queued runs were cancelled and running ones ended."""
+
+    def __init__(self, signum: int | None) -> None:
+        self.signum = signum
+        super().__init__(signal_name(signum))
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace_s: float = 60.0) -> None:
+    """Cancel every queued run now and end the running ones: SIGTERM first (each stops cleanly and writes
+    an ``interrupted`` summary, which the next compare runs again), SIGKILL after ``grace_s`` seconds."""
+    processes = list(getattr(pool, "_processes", {}).values())     # (no public handle on the children)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, threads: int = 0) -> dict[str, Any]:
@@ -340,19 +382,28 @@ def compare(base: TrainConfig, grid: dict[str, Any], out: Path, n_jobs: int, thr
     ``threads`` torch threads per run (0: cores / jobs).  Results are bit-reproducible for
     the same thread count; it is part of the command recorded in compare.json.
     """
-    claim_study_dir(out, base)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = threads or max(1, (os.cpu_count() or 1) // n_jobs)
-    _write_record(out, grid, {}, base, finished=False)
-    chosen = choose_learning_rates(base, grid, out)
-    for _ in range(2):                       # phase 1 (if needed), then phases 2 and 3
-        jobs = plan(base, grid, out, chosen)
-        run_jobs(jobs, base, grid, out, n_jobs, threads)
-        if jobs and jobs[0].phase == "lr":
-            chosen = choose_learning_rates(base, grid, out)
-            continue
-        break
-    return _write_record(out, grid, chosen, base, finished=True)
+    with own_dirs([out], "study"):
+        claim_study_dir(out, base)
+        check_plan(base, grid, out)              # every run's settings, before anything is written
+        threads = threads or max(1, (os.cpu_count() or 1) // n_jobs)
+        _write_record(out, grid, {}, base, finished=False)
+        chosen = choose_learning_rates(base, grid, out)
+        for _ in range(2):                       # phase 1 (if needed), then phases 2 and 3
+            jobs = plan(base, grid, out, chosen)
+            run_jobs(jobs, base, grid, out, n_jobs, threads)
+            if jobs and jobs[0].phase == "lr":
+                chosen = choose_learning_rates(base, grid, out)
+                continue
+            break
+        return _write_record(out, grid, chosen, base, finished=True)
+
+
+def check_plan(base: TrainConfig, grid: dict[str, Any], out: Path) -> None:
+    """Validate the settings of every run the study will make (their learning rates are not chosen yet:
+    each is checked at the grid's), so bad input fails before the study writes anything."""
+    chosen = {(job.group.lr_name, job.method, job.workers): job.lr for job in lr_jobs(grid, out)}
+    for job in lr_jobs(grid, out) + plan(base, grid, out, chosen):
+        job.config(base, grid)
 
 
 def _write_record(out: Path, grid: dict[str, Any], chosen: dict[LrKey, float], base: TrainConfig,

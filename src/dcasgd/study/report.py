@@ -100,9 +100,15 @@ def secs_pm(mean: float | None, std: float | None, n: int = 2) -> str:
 
 def header(numbers: dict[str, Any]) -> list[str]:
     cov = numbers["coverage"]
-    state = "" if numbers["finished"] and not cov["final_runs_missing"] else (
-        f"; **the study is not finished: {cov['final_runs_reported']} of {cov['final_runs_expected']} final runs "
-        f"are done**")
+    if cov["final_runs_missing"]:
+        state = (f"; **the study is not finished: {cov['final_runs_reported']} of {cov['final_runs_expected']} "
+                 f"final runs are done**")
+    elif not numbers["finished"]:
+        state = (f"; **compare has not recorded the study as finished: all {cov['final_runs_expected']} final runs "
+                 f"are done, but other runs (such as the λ₀ sweep) may be missing; run the compare command again "
+                 f"to finish them**")
+    else:
+        state = ""
     lines = [f"_Runs: `{numbers['runs_command']}` (git commit `{numbers['git_commit']}`){state}. "
              f"Report: `{numbers['report_command']}`._"]
     if cov["left_out"]:

@@ -18,6 +18,8 @@ import torch
 from ...compute.flat import FlatModel
 from ...compute.task import Task
 from ...config import ConfigError, TrainConfig
+from ...engine import signals
+from ...errors import RunFailed, UserCodeError
 from ...core.server import shard_ranges
 from ...engine.context import RunContext, open_run_dir, prepare_run, write_summary
 from ...engine.probe import CompensationProbe
@@ -25,7 +27,7 @@ from ...engine.recorder import Recorder
 from ...engine.resume import check_resumable, load_resume_checkpoint
 from ...engine.speeds import emulated_slowdowns
 from ...io.checkpoint import CheckpointError, save_checkpoint
-from .cluster import (SERVER_RESOURCE, WORKER_RESOURCE, RayBackendError, ServerLost, check_reachable,
+from .cluster import (SERVER_RESOURCE, WORKER_RESOURCE, RayBackendError, ServerLost, connect_or_explain,
                       local_ray_options, loopback_only)
 from . import shm
 from .shard import LeadServer, ServerShard
@@ -114,7 +116,7 @@ class RayRun:
         if ray.is_initialized():
             return False
         if self.cfg.address:
-            check_reachable(self.cfg.address)
+            connect_or_explain(self.cfg.address, self.cfg.connect_timeout)
             ray.init(address=self.cfg.address, log_to_driver=True)
             return True
         loopback_only()
@@ -213,6 +215,7 @@ class RayRun:
         self._init_bookkeeping(resume)
         data_bytes = data.train_x.numel() * 4 + data.train_y.numel() * 8
         owns_ray = self._connect(self.flat.num_params, data_bytes)
+        signals.install()                    # Ray's start-up replaced the SIGTERM handler with its own
         try:
             self._start_actors(ctx, self.flat, resume)
             self._open_outputs(resume)
@@ -220,6 +223,9 @@ class RayRun:
                 self._loop()
             except ServerLost as exc:
                 self._server_lost(exc)
+                raise
+            except RunFailed as exc:
+                self._failed(exc)
                 raise
             summary = self._finish()
         finally:
@@ -316,6 +322,9 @@ class RayRun:
                     and time.perf_counter() - self.loop_start >= self.time_limit_s):
                 stop_asked = True
                 self._server_call(a.coordinator.request_stop.remote("time_limit"))
+            if signals.STOP.requested and not stop_asked:        # Ctrl-C / SIGTERM: stop granting, then finish
+                stop_asked = True
+                self._server_call(a.coordinator.request_stop.remote("interrupted"))
             for m, at in list(self.resubmit_at.items()):
                 if time.time() >= at:
                     del self.resubmit_at[m]
@@ -383,6 +392,8 @@ class RayRun:
             self.told_to_stop.append(m)
             return                                            # stopped when told
         except ray.exceptions.RayTaskError as exc:            # run() raised while its process lived
+            if isinstance(exc.cause, UserCodeError):         # the user's model or loss raised there
+                raise exc.cause from None
             if self._server_dead():
                 raise ServerLost("a server shard died while workers were pushing") from None
             raise RayBackendError(f"worker {m} failed: {exc}") from None
@@ -528,10 +539,20 @@ class RayRun:
         last_ckpt = max(self.last_ckpt_version, 0) if self.cfg.checkpoint_every else 0
         self.lost_updates = max(0, self.version - last_ckpt)
         self._log_event("server_failed", -1, lost_updates=self.lost_updates)
-        summary = self._summary_fields()
-        summary.update({"server_failed": True, "error": str(exc), "lost_updates": self.lost_updates,
+        summary = self._summary_fields("failed")
+        summary.update({"server_failed": True, "error": str(exc), "error_type": type(exc).__name__,
+                        "lost_updates": self.lost_updates,
                         "last_checkpoint_version": last_ckpt if self.last_ckpt_version >= 0 else None})
         write_summary(self.ctx.out, summary)
+
+    def _failed(self, exc: RunFailed) -> None:
+        """Best effort: a summary saying the run failed and why (a worker's code raised, the disk filled)."""
+        try:
+            summary = self._summary_fields("failed")
+            summary.update({"error": str(exc), "error_type": type(exc).__name__})
+            write_summary(self.ctx.out, summary)
+        except (RunFailed, OSError):
+            pass
 
     # ------------------------------------------------------------ the end
 
@@ -541,6 +562,8 @@ class RayRun:
             self._log_event("stopped_no_live_workers", -1)
         elif self.stop_reason in ("stop_after_updates", "max_refused", "time_limit"):
             self._log_event("stopped_early", -1, reason=self.stop_reason)
+        elif self.stop_reason == "interrupted":
+            self._log_event("stopped_early", -1, reason=signals.signal_name(signals.STOP.signum))
         if self.diverged:
             self.recorder.mark_diverged(self.version)
         elif not self.recorder.evals or self.recorder.evals[-1]["version"] != self.version:
@@ -560,6 +583,8 @@ class RayRun:
         """How the run ended (:data:`dcasgd.engine.context.OUTCOMES`)."""
         if self.diverged:
             return "diverged"
+        if self.stop_reason == "interrupted":
+            return "interrupted"
         if self.stop_reason == "max_refused":
             return "max_refused"
         if self.stop_reason in ("stop_after_updates", "time_limit"):
@@ -589,13 +614,13 @@ class RayRun:
             out["server_pull"] = 1e3 * step["pull_s"] / step["steps"]
         return out
 
-    def _summary_fields(self) -> dict[str, Any]:
+    def _summary_fields(self, outcome: str | None = None) -> dict[str, Any]:
         wall = time.perf_counter() - self.recorder.wall_start
         staleness = self._staleness()
         means = [s / c if c else None for s, c in self.durations]
         fastest = min((x for x in means if x), default=None)
         return self.recorder.summary(
-            updates=self.version, gradients=self.gradients, epoch=self.epoch, outcome=self._outcome(),
+            updates=self.version, gradients=self.gradients, epoch=self.epoch, outcome=outcome or self._outcome(),
             backend="ray",
             updates_per_s=(self.version - self.start_version) / max(getattr(self, "loop_s", wall), 1e-9),
             training_s=getattr(self, "loop_s", None),

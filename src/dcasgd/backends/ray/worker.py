@@ -114,7 +114,7 @@ class RayWorker:
                 x, y = x.to(self.device), y.to(self.device)
             # with shared memory the gradient stays where backward wrote it: the server reads it there
             result = compute_gradient(self.flat, self.weights, self.buffers, x, y, key, loss_fn=self.loss_fn,
-                                      copy=not self.shared)
+                                      copy=not self.shared, origin=(m, grant["clock"]))
             grad = result.grad.cpu()
             if self.hooks.get("compute_delay_s"):
                 time.sleep(self.hooks["compute_delay_s"])
