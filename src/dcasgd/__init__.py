@@ -28,6 +28,7 @@ _PUBLIC = {
     "LRSchedule": "dcasgd.core.rules", "RULES": "dcasgd.names",
     # errors
     "DcasgdError": "dcasgd.errors", "InputError": "dcasgd.errors", "RunFailed": "dcasgd.errors",
+    "UserCodeError": "dcasgd.errors", "StorageError": "dcasgd.errors",
     "ConfigError": "dcasgd.config", "PushRejected": "dcasgd.core.server",
 }
 
