@@ -49,12 +49,16 @@ def test_the_new_modes_parse_and_name_themselves(text, mode, bound):
     assert parsed.drops_jobs
 
 
-@pytest.mark.parametrize("text", ["rennala", "rennala:0", "msync:-1", "ringmaster:x", "ringmaster-stop:",
-                                  "ringmasterstop:2"])
-def test_a_bad_bound_or_name_is_a_clear_error(text):
-    with pytest.raises(ConsistencyError):
+@pytest.mark.parametrize("text, says", [("rennala", "rennala needs a batch size S, e.g. rennala:6"),
+                                        ("rennala:0", "the rennala batch size S must be >= 1"),
+                                        ("msync:-1", "the msync number of gradients m per step must be >= 1"),
+                                        ("ringmaster:x", "the ringmaster delay threshold R must be an integer"),
+                                        ("ringmaster-stop:", "ringmaster-stop needs a delay threshold R"),
+                                        ("ringmasterstop:2", "ringmaster:R or ringmaster-stop:R")])
+def test_a_bad_bound_or_name_is_a_clear_error(text, says):
+    with pytest.raises(ConsistencyError, match=says.replace("(", r"\(")):
         parse_consistency(text)
-    with pytest.raises(ConfigError, match="consistency"):
+    with pytest.raises(ConfigError, match=f"consistency: .*{says}"):
         TrainConfig(consistency=text).validate()
 
 
