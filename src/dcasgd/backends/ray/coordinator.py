@@ -275,7 +275,7 @@ class Coordinator:
         self.granted_samples += n
         self.inflight[worker] = self.unapplied[worker] = n
         probe = False
-        if self.probe_every:
+        if self.probe_every and not self.batched:      # (a batch's mean has no delay to probe, as in sync)
             self.probe_pushes += 1
             probe = self.probe_pushes % self.probe_every == 0
         return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks), probe=probe)
