@@ -101,9 +101,16 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    "with _ for -); explicit flags override it")
     g.add_argument("--backend", choices=BACKENDS, default=S, help=f"where to run (default {d.backend})")
     g.add_argument("--rule", choices=RULES, default=S, help=f"server update rule (default {d.rule})")
-    g.add_argument("--consistency", default=S, metavar="{sync,async,ssp:S}",
+    g.add_argument("--consistency", default=S,
+                   metavar="{sync,async,ssp:S,msync:m,rennala:S,ringmaster:R,ringmaster-stop:R}",
                    help=f"when pushes apply (default {d.consistency}); sync with a dc-* rule has zero delay "
-                        "and so behaves exactly as sgd")
+                        "and so behaves exactly as sgd. msync:m: each step averages the first m of the M "
+                        "workers' gradients, the other jobs are cancelled; rennala:S (Rennala SGD): each step "
+                        "averages the first S gradients taken at the current weights (a fast worker may give "
+                        "several), then every worker restarts; ringmaster:R (Ringmaster ASGD): a gradient with "
+                        "delay >= R is discarded and its worker restarts at the current weights; "
+                        "ringmaster-stop:R: a job is cancelled as soon as its delay reaches R. On Ray these four "
+                        "need --servers 1")
     g.add_argument("--workers", type=int, default=S, help=f"number of workers M (default {d.workers})")
     g.add_argument("--dataset", default=S, metavar="NAME|MODULE:FN",
                    help=f"{', '.join(DATASETS)} (default {d.dataset}), or an import path to a function "

@@ -146,9 +146,12 @@ class TrainConfig:
         _choice("backup_dtype", self.backup_dtype, BACKUP_DTYPES)
         _choice("device", self.device, DEVICES)
         try:
-            parse_consistency(self.consistency)
+            consistency = parse_consistency(self.consistency)
         except ConsistencyError as exc:
             raise ConfigError(f"consistency: {exc}") from None
+        if consistency.drops_jobs and self.backend == "ray" and self.servers != 1:
+            raise ConfigError(f"consistency {self.consistency!r} on Ray needs one server shard (--servers 1): "
+                              f"shard 0 decides which pushes it drops")
         for name in ("workers", "batch_size", "servers", "keep_checkpoints"):
             _positive_int(name, getattr(self, name))
         for name in ("val_size", "probe_every", "checkpoint_every", "max_refused", "worker_restarts",

@@ -20,7 +20,23 @@ Consistency (:mod:`dcasgd.core.consistency`): ``async`` applies each push on arr
 ``ssp:S`` holds a worker whose clock is more than S ahead of the slowest live
 worker's until the slowest catches up (the wait is simulated time, counted
 per worker); ``sync`` starts a round with every live worker at the same
-weights and applies the average of their gradients when the slowest finishes.
+weights and applies the average of their gradients when the slowest finishes;
+``msync:m`` is a sync round that ends with its first m gradients.
+``rennala:S`` starts every live worker at the same weights, and a worker that
+finishes computes again at them until S gradients are in.  ``ringmaster:R``
+discards a gradient whose delay is R or more on arrival; ``ringmaster-stop:R``
+cancels a job as soon as an update makes its delay R.
+
+Dropped jobs.  A cancelled job (the msync/rennala step it computed for is over,
+or its ringmaster stop came due) has its generation bumped, so its finish event
+is skipped, and its worker restarts at the current weights at once; a
+discarded one (ringmaster) is dropped when it finishes and its worker restarts.
+Either way the simulated time since the job started is spent
+(``wasted_s_per_worker``) and nothing else: the simulator computes no gradient
+for it, it draws no mini-batch (the worker's next job takes the batch it would
+have taken) and it does not advance the worker's clock (the dropout key).  So
+the batches and keys are those of the applied gradients, and ``ringmaster:R``
+with R above every delay is ``async`` bit for bit.
 
 What is the simulator's own: the event heap, the clock and the timing model.
 Evaluations, metrics lines, staleness statistics, events and the summary go
@@ -44,7 +60,7 @@ import torch
 from ..compute.flat import FlatModel
 from ..compute.worker import BatchStream, compute_gradient, gradient_key
 from ..config import TrainConfig
-from ..core.consistency import SyncBarrier, parse_consistency
+from ..core.consistency import APPLY, CANCEL, PointBatch, SyncBarrier, parse_consistency
 from ..core.kernels import all_finite
 from ..core.server import NonFiniteUpdate, PushRejected, ServerCore
 from ..errors import InputError, RunFailed
@@ -131,8 +147,9 @@ class SimWorker:
     clock: int = 0           # gradients pushed
     start_clock_gap: int = 0  # clock - slowest live clock when the current gradient started
     alive: bool = True
-    generation: int = 0      # bumped on failure: invalidates the in-flight finish event
+    generation: int = 0      # bumped on failure or cancellation: invalidates the in-flight finish event
     waiting_since: float | None = None
+    started: float = 0.0     # when the job in flight started (simulated s): a dropped job wastes now - started
 
 
 @dataclass
@@ -172,6 +189,10 @@ class Simulator:
                         for m in range(cfg.workers)]
         self.timing = Timing(cfg)
         self.barrier = SyncBarrier()
+        self.rounds = self.consistency.mode in ("sync", "msync")    # barrier rounds; rennala: a PointBatch
+        self.batch = PointBatch()
+        self.discarded, self.cancelled = [0] * cfg.workers, [0] * cfg.workers
+        self.wasted_s = [0.0] * cfg.workers                            # simulated s spent on dropped jobs
         self.recorder = Recorder(ctx, self.flat)
         self.probe = probe if probe is not None else CompensationProbe.from_config(cfg)
         self.events: list[Event] = []
@@ -213,6 +234,7 @@ class Simulator:
             w.waiting_since = self.now
             return
         w.start_clock_gap = w.clock - min(live_clocks)
+        w.started = self.now
         if self._backup_is_pulled_copy:
             # the server's float32 backup of this worker IS the copy it pulled, and it only
             # changes at this worker's next pull: hold it instead of a second copy
@@ -226,9 +248,33 @@ class Simulator:
 
     def _start_sync_round(self) -> None:
         live = self._live()
-        self.barrier.start({w.index for w in live})
+        self.barrier.start({w.index for w in live}, self.consistency.bound if self.consistency.mode == "msync"
+                           else None)
         for w in live:
             self._start(w)
+
+    def _start_rennala_step(self) -> None:
+        """Rennala: every live worker starts at x^k; the step needs the first S gradients taken there."""
+        self.batch.start(self.server.version, self.consistency.bound)
+        for w in self._live():
+            self._start(w)
+
+    def _drop(self, w: SimWorker, verdict: str) -> None:
+        """Worker w's job is dropped now (:data:`CANCEL`: before it finished; else discarded on arrival):
+        count it and the simulated time it spent; its finish event, if still due, is skipped."""
+        w.generation += 1
+        (self.cancelled if verdict == CANCEL else self.discarded)[w.index] += 1
+        self.wasted_s[w.index] += self.now - w.started
+
+    def _cancel_and_restart(self, workers: list[SimWorker]) -> None:
+        """Cancel these workers' jobs in flight; each restarts at the current weights now."""
+        for o in workers:
+            self._drop(o, CANCEL)
+            self._start(o)
+
+    def _busy(self, but: SimWorker | None = None) -> list[SimWorker]:
+        """Live workers with a job in flight (not waiting), in index order, except ``but``."""
+        return [o for o in self.workers if o.alive and o.waiting_since is None and o is not but]
 
     def _release_waiting(self) -> None:
         for w in self.workers:
@@ -254,6 +300,12 @@ class Simulator:
         return result, (x, y, key)
 
     def _on_finish(self, w: SimWorker) -> None:
+        verdict = self.consistency.arrival(self.server.version - w.base_version)
+        if verdict != APPLY:                               # ringmaster: delay >= R; thrown away unread
+            self._drop(w, verdict)
+            self._start(w)
+            self._release_waiting()
+            return
         result, batch = self._gradient(w)
         if not all_finite(result.grad):
             self.recorder.diverged = True                  # the model blew up: a result, not an error
@@ -266,7 +318,17 @@ class Simulator:
         clock_at_start = w.clock
         w.clock += 1
         grad = self._maybe_corrupt(w, result.grad)
-        if self.consistency.mode == "sync":
+        if self.consistency.mode == "rennala":
+            if not self._accepted(w, lambda: self.server.validate(w.index, grad, w.base_version)):
+                return
+            self.batch.add(w.index, grad, w.base_version)
+            self._record_update(w, 0, result.loss, clock_at_start)
+            if self.batch.complete:
+                self._finish_rennala_step(w)
+            else:
+                self._start(w)                             # it computes again at the same point
+            return
+        if self.rounds:
             if not self._accepted(w, lambda: self.server.validate(w.index, grad, w.base_version)):
                 return                                     # it computes again for the same round
             self.barrier.add(w.index, grad)
@@ -285,6 +347,8 @@ class Simulator:
         self._after_update()
         if not self.finished:
             self._start(w)
+            self._cancel_and_restart([o for o in self._busy(but=w)
+                                      if self.consistency.stops(self.server.version - o.base_version)])
             self._release_waiting()
 
     def _accepted(self, w: SimWorker, push: Callable[[], Any]) -> bool:
@@ -312,12 +376,30 @@ class Simulator:
         for m in self.barrier.received:
             self.stats.add_wait(m, self.now - self.workers[m].waiting_since)
             self.workers[m].waiting_since = None
+        for m in self.barrier.outstanding:                 # msync: the jobs the step did not wait for
+            self._drop(self.workers[m], CANCEL)
         self._after_update()
         if not self.finished:
             self._start_sync_round()
 
+    def _finish_rennala_step(self, w: SimWorker) -> None:
+        """Rennala: S gradients taken at x^k are in (w gave the last): step with their mean, cancel every
+        job in flight, restart every live worker at x^{k+1}."""
+        self.server.lr = self.ctx.schedule(self.epoch)
+        try:
+            self.batch.apply(self.server, lambda m: self.batch.version)
+        except NonFiniteUpdate as exc:
+            self.recorder.diverged = True
+            self._log_event("diverged", w.index, reason=str(exc))
+            return
+        for o in self._busy(but=w):
+            self._drop(o, CANCEL)
+        self._after_update()
+        if not self.finished:
+            self._start_rennala_step()
+
     def _record_update(self, w: SimWorker, staleness: int, loss: float, clock: int) -> None:
-        self.recorder.update(version=self.server.version + (self.consistency.mode == "sync"), worker=w.index,
+        self.recorder.update(version=self.server.version + self.consistency.same_point, worker=w.index,
                              staleness=staleness, loss=loss, time_s=self.now, epoch=self.epoch, clock=clock,
                              clock_gap=w.start_clock_gap)
 
@@ -326,7 +408,7 @@ class Simulator:
             return
         w.alive, w.generation, w.waiting_since = False, w.generation + 1, None
         self._log_event("worker_failed", w.index)
-        if self.consistency.mode == "sync":
+        if self.rounds:
             self.barrier.drop(w.index)
             if self.barrier.complete:
                 self._finish_sync_round()
@@ -340,7 +422,7 @@ class Simulator:
         w.alive = True
         w.clock = min((o.clock for o in live), default=w.clock)   # rejoin at the slowest live clock
         self._log_event("worker_rejoined", w.index)
-        if self.consistency.mode == "sync":
+        if self.rounds:
             if not self.barrier.expected:              # everyone was dead: start a fresh round
                 self._start_sync_round()
             # otherwise it joins at the next round
@@ -410,8 +492,10 @@ class Simulator:
                 self._schedule(at, FAIL, worker)
                 if rejoin is not None:
                     self._schedule(rejoin, REJOIN, worker)
-            if self.consistency.mode == "sync":
+            if self.rounds:
                 self._start_sync_round()
+            elif self.consistency.mode == "rennala":
+                self._start_rennala_step()
             else:
                 for w in self.workers:
                     self._start(w)
@@ -451,6 +535,7 @@ class Simulator:
             clipped_updates=self.server.clipped, speeds=self.timing.speed,
             server_bytes_per_param=self.server.bytes_per_param(),
             stopped_early=outcome in ("stopped", "max_refused", "interrupted"),
+            **self._dropped_jobs(),
             **({"probe": self.probe.summary()} if hasattr(self.probe, "summary") else {}),
             **self.resume_record, **extra)
 
@@ -462,6 +547,13 @@ class Simulator:
             write_summary(self.ctx.out, self._summary("failed", error=str(exc), error_type=type(exc).__name__))
         except (RunFailed, OSError):
             pass
+
+    def _dropped_jobs(self) -> dict[str, Any]:
+        """Summary fields of the modes that drop jobs: counts per worker and the simulated seconds spent."""
+        if not self.consistency.drops_jobs:
+            return {}
+        return {"discarded_per_worker": list(self.discarded), "cancelled_per_worker": list(self.cancelled),
+                "wasted_s_per_worker": [round(s, 9) for s in self.wasted_s]}
 
     def _outcome(self) -> str:
         """How the run ended (:data:`dcasgd.engine.context.OUTCOMES`)."""
@@ -488,10 +580,13 @@ class Simulator:
             "workers": [{"weights": None if w.weights is None else w.weights.clone(), "buffers": w.buffers,
                          "base_version": w.base_version, "clock": w.clock, "start_clock_gap": w.start_clock_gap,
                          "alive": w.alive, "generation": w.generation, "waiting_since": w.waiting_since,
-                         "stream": w.stream.state_dict()} for w in self.workers],
+                         "started": w.started, "stream": w.stream.state_dict()} for w in self.workers],
             "events": [[e.time, e.seq, e.kind, e.worker, e.generation] for e in self.events],
             "barrier": {"expected": sorted(self.barrier.expected), "received": list(self.barrier.received),
-                        "total": self.barrier.total},
+                        "total": self.barrier.total, "quorum": self.barrier.quorum},
+            "batch": self.batch.state_dict(),
+            "dropped": {"discarded": list(self.discarded), "cancelled": list(self.cancelled),
+                        "wasted_s": list(self.wasted_s)},
             "timing": {"rng": json.dumps(self.timing.rng.bit_generator.state), "drawn": list(self.timing.drawn)},
             "recorder": json.dumps(self.recorder.state_dict()),
             "probe": self.probe.state_dict() if hasattr(self.probe, "state_dict") else None,
@@ -512,12 +607,19 @@ class Simulator:
             w.weights, w.buffers, w.base_version = ws["weights"], ws["buffers"], ws["base_version"]
             w.clock, w.start_clock_gap, w.alive = ws["clock"], ws["start_clock_gap"], ws["alive"]
             w.generation, w.waiting_since = ws["generation"], ws["waiting_since"]
+            w.started = ws.get("started", 0.0)
             w.stream.load_state_dict(ws["stream"])
         self.events = [Event(*e) for e in sd["events"]]
         heapq.heapify(self.events)
         self.barrier.expected = set(sd["barrier"]["expected"])
         self.barrier.received = list(sd["barrier"]["received"])
         self.barrier.total = sd["barrier"]["total"]
+        self.barrier.quorum = sd["barrier"].get("quorum")
+        if "batch" in sd:
+            self.batch.load_state_dict(sd["batch"])
+            dropped = sd["dropped"]
+            self.discarded, self.cancelled = list(dropped["discarded"]), list(dropped["cancelled"])
+            self.wasted_s = list(dropped["wasted_s"])
         self.timing.rng.bit_generator.state = json.loads(sd["timing"]["rng"])
         self.timing.drawn = list(sd["timing"]["drawn"])
         self.recorder.load_state_dict(json.loads(sd["recorder"]))

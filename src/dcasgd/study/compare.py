@@ -50,7 +50,16 @@ adadelay        adadelay               async
 dana            dana                   async
 dc-asgd-c       dc-asgd-c              async
 dc-asgd-a       dc-asgd-a              async
+rennala         sgd                    rennala:S (``rennala_s``)
+msync           sgd                    msync:m (``msync_m``)
+ringmaster      sgd                    ringmaster:R (``ringmaster_r``)
+ringmaster-stop sgd                    ringmaster-stop:R (``ringmaster_r``)
 ==============  =====================  =========================
+
+The time-optimal methods' defaults: ``rennala_s = 6`` and ``ringmaster_r = 6``,
+the values Tyurin and Richtarik (Rennala, NeurIPS 2023) and Maranjyan et al.
+(Ringmaster, ICML 2025) found best for 100 and 6174 workers; ``msync_m = 0``
+stands for half the workers, ceil(M/2), at every M (``msync_m >= M`` is SSGD).
 """
 
 from __future__ import annotations
@@ -66,28 +75,44 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RUN_INVARIANT, ConfigError, TrainConfig
+from ..core.consistency import ConsistencyError, parse_consistency
 from ..engine.ownership import own_dirs
 from ..engine.signals import STOP, signal_name
 from ..io.atomic import atomic_write_text
 from ..io.rundir import run_files
 
 ASYNC_RULES = ("staleness", "delay-adaptive", "gap-aware", "adadelay", "dana", "dc-asgd-c", "dc-asgd-a")
-METHODS = ("sequential", "ssgd", "asgd", "ssp") + ASYNC_RULES
+TIME_OPTIMAL = ("rennala", "msync", "ringmaster", "ringmaster-stop")   # sgd under these consistency modes
+METHODS = ("sequential", "ssgd", "asgd", "ssp") + ASYNC_RULES + TIME_OPTIMAL
 PROTOCOLS = ("tuned", "paper")
 DEFAULT_GRID = {"methods": list(METHODS), "workers": [1, 4, 8, 16, 32], "seeds": [0, 1, 2],
                 "lr_grid": [0.05, 0.1, 0.2], "ssp_bound": 2, "val_size": 5000,
                 "lam0_grid": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0], "lambda_workers": 8,
                 "protocols": ["tuned"], "momenta": [0.0], "clusters": {"homogeneous": {}},
-                "ssgd_lr_scale": "linear"}
+                "ssgd_lr_scale": "linear", "rennala_s": 6, "msync_m": 0, "ringmaster_r": 6}
 
 
-def method_settings(method: str, ssp_bound: int) -> dict[str, str]:
-    """(rule, consistency) of a method name."""
+def method_bounds(grid: dict[str, Any]) -> dict[str, int]:
+    """The grid's S of rennala, m of msync and R of ringmaster (default: DEFAULT_GRID's)."""
+    return {key: grid.get(key, DEFAULT_GRID[key]) for key in ("rennala_s", "msync_m", "ringmaster_r")}
+
+
+def method_settings(method: str, ssp_bound: int, workers: int = 1, rennala_s: int = 6, msync_m: int = 0,
+                    ringmaster_r: int = 6) -> dict[str, str]:
+    """(rule, consistency) of a method name at ``workers`` workers (``msync_m`` 0: ceil(workers / 2))."""
     table = {"sequential": ("sgd", "async"), "ssgd": ("sgd", "sync"), "asgd": ("sgd", "async"),
-             "ssp": ("sgd", f"ssp:{ssp_bound}"), **{rule: (rule, "async") for rule in ASYNC_RULES}}
+             "ssp": ("sgd", f"ssp:{ssp_bound}"), **{rule: (rule, "async") for rule in ASYNC_RULES},
+             "rennala": ("sgd", f"rennala:{rennala_s}"), "msync": ("sgd", f"msync:{msync_m or -(-workers // 2)}"),
+             "ringmaster": ("sgd", f"ringmaster:{ringmaster_r}"),
+             "ringmaster-stop": ("sgd", f"ringmaster-stop:{ringmaster_r}")}
     if method not in table:
         raise ConfigError(f"method: unknown value {method!r}; allowed: {', '.join(METHODS)}")
     rule, consistency = table[method]
+    if method in TIME_OPTIMAL:
+        try:
+            parse_consistency(consistency)
+        except ConsistencyError as exc:
+            raise ConfigError(f"compare: method {method}: {exc}") from None
     return {"rule": rule, "consistency": consistency}
 
 
@@ -98,6 +123,8 @@ def method_of(config: dict[str, Any]) -> str:
         return "sequential"
     if rule in ASYNC_RULES:
         return rule
+    if consistency.partition(":")[0] in TIME_OPTIMAL:
+        return consistency.partition(":")[0]
     if consistency == "sync":
         return "ssgd"
     return "ssp" if consistency.startswith("ssp") else "asgd"
@@ -138,7 +165,8 @@ class Job:
 
     def config(self, base: TrainConfig, grid: dict[str, Any]) -> TrainConfig:
         # overwrite: a job's directory belongs to this study; an interrupted run left there is redone
-        fields = dict(method_settings(self.method, grid["ssp_bound"]), workers=self.workers, seed=self.seed,
+        fields = dict(method_settings(self.method, grid["ssp_bound"], self.workers, **method_bounds(grid)),
+                      workers=self.workers, seed=self.seed,
                       lr=self.lr, out=str(self.out), overwrite=True, val_size=grid["val_size"], progress=False,
                       eval_split="val" if self.phase == "lr" else "test", momentum=self.group.momentum)
         fields.update(cluster_settings(grid, self.group.cluster, self.workers))
@@ -445,7 +473,7 @@ def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | No
         if not grid[key]:
             raise ConfigError(f"compare: the {key.replace('_', '-')} list is empty; give at least one value")
     for m in grid["methods"]:
-        method_settings(m, grid["ssp_bound"])
+        method_settings(m, grid["ssp_bound"], **method_bounds(grid))
     for w in grid["workers"]:
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
             raise ConfigError(f"compare: worker counts must be integers >= 1, got {w!r}")

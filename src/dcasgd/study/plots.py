@@ -30,10 +30,13 @@ from .findings import STABLE_FACTOR, Study  # noqa: E402
 
 LABELS = {"sequential": "Sequential SGD", "ssgd": "SSGD (sync)", "asgd": "ASGD", "ssp": "SSP",
           "staleness": "Staleness-scaled lr", "delay-adaptive": "Delay-adaptive", "gap-aware": "Gap-aware",
-          "adadelay": "AdaDelay", "dana": "DANA", "dc-asgd-c": "DC-ASGD-c", "dc-asgd-a": "DC-ASGD-a"}
+          "adadelay": "AdaDelay", "dana": "DANA", "dc-asgd-c": "DC-ASGD-c", "dc-asgd-a": "DC-ASGD-a",
+          "rennala": "Rennala SGD", "msync": "m-sync SGD", "ringmaster": "Ringmaster ASGD",
+          "ringmaster-stop": "Ringmaster ASGD (stops)"}
 COLORS = {"sequential": "black", "ssgd": "tab:blue", "asgd": "tab:orange", "ssp": "tab:purple",
           "staleness": "tab:brown", "delay-adaptive": "tab:pink", "gap-aware": "tab:gray", "adadelay": "tab:olive",
-          "dana": "tab:cyan", "dc-asgd-c": "tab:green", "dc-asgd-a": "tab:red"}
+          "dana": "tab:cyan", "dc-asgd-c": "tab:green", "dc-asgd-a": "tab:red", "rennala": "gold",
+          "msync": "darkblue", "ringmaster": "darkgreen", "ringmaster-stop": "limegreen"}
 
 
 def style(method: str) -> dict[str, Any]:

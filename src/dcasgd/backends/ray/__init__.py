@@ -33,7 +33,12 @@ Consistency (``consistency.py``) lives in the coordinator, an asyncio object: a
 worker blocked by ``ssp:S`` or by the ``sync`` barrier awaits an
 ``asyncio.Condition`` inside ``Coordinator.next`` (no polling).  ``sync``
 rounds are averaged on each shard by a :class:`~dcasgd.consistency.SyncBarrier`
-and applied as one update.  The coordinator also hands out gradients
+and applied as one update.  ``msync:m`` and ``rennala:S`` average a
+:class:`~dcasgd.core.consistency.PointBatch` of gradients taken at one version on
+shard 0; pushes the policy drops (``ringmaster``'s delay threshold, a step that
+is over) are refused as discarded or cancelled when they arrive, and the worker
+pulls the current weights (these four modes need one shard; see docs/ray.md).
+The coordinator also hands out gradients
 ("grants") so that exactly ``ceil(epochs * N)`` samples (or
 ``stop_after_updates`` updates) are applied, and pauses grants every
 ``checkpoint_every`` updates until the driver has written a consistent
@@ -53,7 +58,7 @@ sends the record with its next report; the driver writes ``probe`` lines and
 ``summary["probe"]`` through a :class:`~dcasgd.engine.probe.CompensationProbe`.
 
 No arithmetic on weights here: updates happen in ServerCore and its rule,
-sync averaging in SyncBarrier.
+sync averaging in SyncBarrier, batch means in PointBatch.
 """
 
 from .cluster import (SERVER_RESOURCE, WORKER_RESOURCE, RayBackendError, ServerLost, check_reachable,

@@ -40,6 +40,15 @@ class Coordinator:
     (:meth:`applied`, called in shard 0's process: counts samples, updates and
     the worker's clock) and *in flight* until the worker reports that every
     shard has it (:meth:`next`: ends sync rounds, lets a checkpoint start).
+
+    The modes that drop jobs (:mod:`dcasgd.core.consistency`; one shard, the
+    coordinator's own LeadServer): grants go as in ``async``, except that an
+    ``msync`` worker whose gradient waits in shard 0's open batch
+    (:attr:`batch_holds`) waits until that step is applied.  A push the shard
+    dropped (``discarded``/``cancelled`` in the report) gives its grant back
+    and is counted per worker; the worker pulls the current weights with its
+    next grant.  In ``msync`` and ``rennala`` a grant is a gradient, not an
+    update: the updates are shard 0's version (:attr:`server_version`).
     """
 
     def __init__(self, num_workers: int, consistency: str, target_samples: int, stop_after_updates: int = 0,
@@ -49,6 +58,12 @@ class Coordinator:
         self.M = num_workers
         self.consistency = parse_consistency(consistency)
         self.sync = self.consistency.mode == "sync"
+        self.batched = self.consistency.mode in ("msync", "rennala")   # shard 0 averages a batch per update
+        self.per_grant = not (self.sync or self.batched)               # one granted gradient = one update
+        self.discarded = list(start.get("discarded", [0] * num_workers))   # pushes dropped on arrival
+        self.cancelled = list(start.get("cancelled", [0] * num_workers))   # ... or whose step was over
+        self.batch_holds: Callable[[int], bool] = lambda worker: False     # (set by LeadServer)
+        self.server_version: Callable[[], int] | None = None               # (set by LeadServer)
         self.target_samples, self.stop_after = target_samples, stop_after_updates
         self.ckpt_every, self.max_refused = checkpoint_every, max_refused
         self.applied_updates = self.granted_updates = int(start.get("updates", 0))
@@ -150,11 +165,12 @@ class Coordinator:
         async with self.cond:
             if self.unapplied[worker] is None and not self.sync and num_samples:
                 self.granted_samples += num_samples
-                self.granted_updates += 1
+                self.granted_updates += self.per_grant
                 self.unapplied[worker] = num_samples
                 if self.lost[worker]:
                     self.lost[worker] -= 1
             self._count_applied(worker)
+            self._read_version()
             self.cond.notify_all()
 
     def _count_applied(self, worker: int) -> None:
@@ -164,8 +180,13 @@ class Coordinator:
         self.unapplied[worker] = None
         self.clock[worker] += 1
         self.applied_samples += n
-        if not self.sync:
+        if self.per_grant:
             self.applied_updates += 1
+
+    def _read_version(self) -> None:
+        """msync, rennala: the updates applied are shard 0's version (a batch may have just been applied)."""
+        if self.batched and self.server_version is not None:
+            self.applied_updates = self.server_version()
 
     def _release(self, worker: int, lost: bool = False) -> None:
         """Forget worker's grant; one that never reached shard 0 is given back (``lost``: the worker died)."""
@@ -173,7 +194,7 @@ class Coordinator:
         if n is not None:
             self.granted_samples -= n
             self.lost[worker] += bool(lost)
-            if not self.sync:
+            if self.per_grant:
                 self.granted_updates -= 1
         self.unapplied[worker] = self.inflight[worker] = None
 
@@ -186,6 +207,9 @@ class Coordinator:
         if report.get("applied"):
             self._count_applied(worker)          # (already counted when shard 0 told us)
             self.inflight[worker] = None
+        elif report.get("discarded") or report.get("cancelled"):
+            self._release(worker)                # no gradient applied: the grant goes back
+            (self.discarded if report.get("discarded") else self.cancelled)[worker] += 1
         else:
             self._release(worker)
             self.refused[worker] += 1
@@ -221,7 +245,7 @@ class Coordinator:
         return self._checkpoint_due() or self._evaluation_due()
 
     def _checkpoint_due(self) -> bool:
-        return bool(self.ckpt_every) and (self.applied_updates if self.sync else self.granted_updates) >= self.next_ckpt
+        return bool(self.ckpt_every) and (self.granted_updates if self.per_grant else self.applied_updates) >= self.next_ckpt
 
     def _evaluation_due(self) -> bool:
         """The granted samples reach the next evaluation mark (epochs) before the end of training."""
@@ -236,19 +260,22 @@ class Coordinator:
         reason = self._stop()
         if reason:
             return _Grant(False, reason)
-        if self.granted_samples >= self.target_samples or (self.stop_after and self.granted_updates >= self.stop_after):
-            return None            # in-flight gradients reach the target unless their worker dies
+        if self.granted_samples >= self.target_samples or (self.stop_after and self.per_grant
+                                                           and self.granted_updates >= self.stop_after):
+            return None            # in-flight gradients reach the target unless their worker dies (or are dropped)
         if self._paused():
             return None
         live_clocks = [self.clock[o] for o in self.live]
         if not self.consistency.may_start(self.clock[worker], live_clocks):
             return None
+        if self.consistency.mode == "msync" and self.batch_holds(worker):
+            return None            # one gradient per worker per step: wait for this step to be applied
         n = self.pending_n[worker]
-        self.granted_updates += 1
+        self.granted_updates += self.per_grant
         self.granted_samples += n
         self.inflight[worker] = self.unapplied[worker] = n
         probe = False
-        if self.probe_every:
+        if self.probe_every and not self.batched:      # (a batch's mean has no delay to probe, as in sync)
             self.probe_pushes += 1
             probe = self.probe_pushes % self.probe_every == 0
         return _Grant(True, clock=self.clock[worker], clock_gap=self.clock[worker] - min(live_clocks), probe=probe)
@@ -308,6 +335,7 @@ class Coordinator:
             self.live.discard(worker)
             self.waiting.discard(worker)
             self._release(worker, lost=True)
+            self._read_version()                 # (the shard, told first, may have applied a smaller msync quorum)
             if self.sync and self.round_active and worker in self.members and worker not in self.reported:
                 self.members.discard(worker)
                 if not self.members:
@@ -366,7 +394,8 @@ class Coordinator:
         events, self.events = self.events, []
         probes, self.probes = self.probes, []
         return {"events": events, "probes": probes, "probe_pushes": self.probe_pushes, "pids": list(self.pids),
-                "lost_gradients": list(self.lost),
+                "lost_gradients": list(self.lost), "discarded": list(self.discarded),
+                "cancelled": list(self.cancelled),
                 "checkpoint_ready": self.ckpt_ready, "evaluation_ready": self.eval_pauses if self.eval_ready else 0,
                 "stop_reason": self._stop(),
                 "diverged": self.diverged, "refused": list(self.refused), "wait_s": list(self.wait_s),
@@ -376,4 +405,5 @@ class Coordinator:
     async def coordinator_state(self) -> dict[str, Any]:
         return {"updates": self.applied_updates, "samples": self.applied_samples, "clock": list(self.clock),
                 "refused": list(self.refused), "wait_s": list(self.wait_s), "lost_gradients": list(self.lost),
-                "probe_pushes": self.probe_pushes}
+                "probe_pushes": self.probe_pushes, "discarded": list(self.discarded),
+                "cancelled": list(self.cancelled)}

@@ -18,6 +18,7 @@ import torch
 from ...compute.flat import FlatModel
 from ...compute.task import Task
 from ...config import ConfigError, TrainConfig
+from ...core.consistency import parse_consistency
 from ...engine import signals
 from ...errors import RunFailed, UserCodeError
 from ...core.server import shard_ranges
@@ -642,7 +643,17 @@ class RayRun:
             checkpoints=self.checkpoints,
             worker_restarts_used=self.restarts,
             time_per_gradient_ms=self._time_split(),
+            **self._dropped_jobs(),
             **({"probe": self.probe.summary()} if self.probe is not None else {}))
+
+
+    def _dropped_jobs(self) -> dict[str, Any]:
+        """The modes that drop jobs: pushes discarded and jobs cancelled per worker (found on arrival, so a
+        dropped job's compute time was spent in full)."""
+        if not parse_consistency(self.cfg.consistency).drops_jobs:
+            return {}
+        return {"discarded_per_worker": list(self.status.get("discarded", [0] * self.cfg.workers)),
+                "cancelled_per_worker": list(self.status.get("cancelled", [0] * self.cfg.workers))}
 
 
 def _last_version_seen(run_dir: Path) -> int:

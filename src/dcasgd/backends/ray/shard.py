@@ -16,7 +16,8 @@ import numpy as np
 import ray
 import torch
 
-from ...core.consistency import SyncBarrier, parse_consistency
+from ...core.consistency import APPLY, DISCARD, GradientDiscarded, JobCancelled, JobDropped, PointBatch, \
+    SyncBarrier, parse_consistency
 from ...core.kernels import all_finite
 from ...core.server import NonFiniteUpdate, PushRejected, ServerCore
 from ...engine.context import proc_bytes
@@ -35,6 +36,16 @@ class ServerShard:
     round are summed in a SyncBarrier and applied as their average when every
     expected worker has pushed (or died).  Shard 0 (``log_updates``) logs each
     applied push and keeps the BatchNorm buffers.
+
+    The modes that drop jobs need one shard (``TrainConfig.validate`` says so):
+    ``msync:m`` and ``rennala:S`` buffer gradients taken at the current version
+    in a :class:`~dcasgd.core.consistency.PointBatch` and apply their mean once
+    min(m, live workers) (msync) or S (rennala) are in; a push taken at an older
+    version belongs to a step that is over and is refused with
+    :class:`~dcasgd.core.consistency.JobCancelled`.  ``ringmaster:R`` refuses a push
+    whose delay is R or more with :class:`~dcasgd.core.consistency.GradientDiscarded`
+    (``ringmaster-stop:R``: :class:`~dcasgd.core.consistency.JobCancelled`, the stop
+    found on arrival).  A dropped push changes nothing here, not even ``last_seq``.
     """
 
     def __init__(self, weights: Any, rule: str = "sgd", num_workers: int = 1, lr: float = 0.1, *,
@@ -52,7 +63,10 @@ class ServerShard:
                                backup_dtype=getattr(torch, backup_dtype), clip_norm=clip_norm, **(rule_params or {}))
         self.core.warm_up()                       # a large shard compiles its kernel now, not in a push
         self.num_workers = num_workers
-        self.sync = parse_consistency(consistency).mode == "sync"
+        self.consistency = parse_consistency(consistency)
+        self.sync = self.consistency.mode == "sync"
+        self.batched = self.consistency.mode in ("msync", "rennala")   # a PointBatch at the current version
+        self.batch = PointBatch()
         self.schedule, self.num_train = schedule, num_train
         self.last_seq = [0] * num_workers        # seq numbers start at 1
         self.last_version = [0] * num_workers    # version the last applied seq produced
@@ -121,9 +135,13 @@ class ServerShard:
         if self.sync:
             logged_version, staleness = self._push_sync(worker, g, base_version, num_samples, members)
             version = self.core.version
+        elif self.batched:
+            logged_version, staleness = self._push_batched(worker, g, base_version, num_samples)
+            version = self.core.version
         else:
             self._set_lr(self.samples + num_samples)
             staleness = self.core.version - base_version if isinstance(base_version, int) else 0
+            self._check_arrival(worker, staleness)
             version = logged_version = self.core.push(worker, g, base_version)   # PushRejected: counted there
             self.samples += num_samples
         self.last_seq[worker], self.last_version[worker] = seq, version
@@ -165,6 +183,45 @@ class ServerShard:
         self._maybe_finish_round()
         return round_version, staleness
 
+    def _check_arrival(self, worker: int, delay: int) -> None:
+        """Raise :class:`JobDropped` for a push the consistency policy drops on arrival (delay ``delay``)."""
+        verdict = self.consistency.arrival(delay)
+        if verdict == APPLY:
+            return
+        dropped = GradientDiscarded if verdict == DISCARD else JobCancelled
+        raise dropped(f"worker {worker}: {dropped.kind} (delay {delay} under {self.consistency.name}, "
+                      f"version {self.core.version})")
+
+    def _push_batched(self, worker: int, g: torch.Tensor, base_version: int, num_samples: int) -> tuple[int, int]:
+        """msync / rennala: add a gradient taken at the current version to its batch; the last one the step
+        needs applies the batch's mean.  Returns (the version this step produces, staleness 0)."""
+        self._check_arrival(worker, self.core.version - base_version if isinstance(base_version, int) else 0)
+        self.core.validate(worker, g, base_version)
+        if self.batch.version != self.core.version:
+            self.batch.start(self.core.version, 0)
+        if self.consistency.mode == "msync" and worker in self.batch.received:
+            self.core.refused[worker] += 1
+            raise PushRejected(f"worker {worker}: already gave its gradient to the step at version "
+                               f"{self.core.version} (msync takes one per worker)")
+        self.batch.add(worker, g, base_version)
+        self.samples += num_samples
+        step_version = self.core.version + 1
+        self._maybe_step()
+        return step_version, 0
+
+    def _maybe_step(self) -> None:
+        """Apply the batch's mean once it holds the gradients the step needs (msync: min(m, live workers))."""
+        if self.batch.version != self.core.version or not self.batch.received:
+            return
+        self.batch.size = self.consistency.quorum(self.num_workers - len(self.dead))
+        if self.batch.complete:
+            self._set_lr(self.samples)
+            self.batch.apply(self.core, lambda m: self.batch.version)
+
+    def batch_holds(self, worker: int) -> bool:
+        """Whether ``worker``'s gradient waits in the open batch (msync: it may not start the next one yet)."""
+        return self.batch.version == self.core.version and worker in self.batch.received
+
     def _maybe_finish_round(self) -> None:
         if not self.round_active:
             return
@@ -198,6 +255,8 @@ class ServerShard:
         if self.sync and self.round_active:
             self.barrier.drop(worker)
             self._maybe_finish_round()
+        if self.batched:
+            self._maybe_step()                                       # msync: a smaller quorum may be in
         return self.core.version
 
     # ------------------------------------------------------------ driver side
@@ -229,7 +288,8 @@ class ServerShard:
         """Everything to continue exactly: ServerCore.state_dict plus seqs, samples and buffers."""
         return {"core": self.core.state_dict(), "start": self.start, "end": self.end,
                 "last_seq": list(self.last_seq), "last_version": list(self.last_version),
-                "samples": self.samples, "buffers": self.buffers.clone()}
+                "samples": self.samples, "buffers": self.buffers.clone(),
+                **({"batch": self.batch.state_dict()} if self.batched else {})}
 
     def load_state(self, sd: dict[str, Any]) -> int:
         if (sd.get("start"), sd.get("end")) != (self.start, self.end):
@@ -240,6 +300,8 @@ class ServerShard:
         self.samples = int(sd["samples"])
         if sd["buffers"].numel() == self.buffers.numel():
             self.buffers.copy_(sd["buffers"])
+        if "batch" in sd:
+            self.batch.load_state_dict(sd["batch"])
         return self.core.version
 
 
@@ -273,6 +335,8 @@ class LeadServer:
         self.shard = ServerShard(**shard)
         self.shard.replies_before_next_call = False   # a coroutine may run while a reply is serialised
         self.coordinator = Coordinator(**coordinator)
+        self.coordinator.batch_holds = self.shard.batch_holds                 # msync waits, rennala steps:
+        self.coordinator.server_version = lambda: self.shard.core.version     # ... what shard 0 holds
         self.shm_prefix = shm_prefix
         self.links: dict[int, dict[str, torch.Tensor]] = {}   # worker -> its shared files (same node only)
         self._channel: asyncio.AbstractServer | None = None    # the step socket of same-node workers
@@ -369,6 +433,8 @@ class LeadServer:
                                                     push["num_samples"], push["meta"], push["buffers"],
                                                     push["members"])
                 report["applied"] = True
+            except JobDropped as exc:                      # discarded or cancelled by the consistency policy
+                report.update(applied=False, **{exc.kind: True})
             except NonFiniteUpdate as exc:                 # the update would overflow: the model diverged
                 report.update(applied=False, nonfinite=True, error=str(exc))
             except PushRejected as exc:                    # (a NaN/Inf gradient is a divergence, not an error)

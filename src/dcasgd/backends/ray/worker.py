@@ -15,6 +15,7 @@ from ...compute.flat import FlatModel, views_of
 from ...compute.models import seeded_model
 from ...compute.worker import BatchStream, compute_gradient, gradient_key
 from ...config import ConfigError, TrainConfig
+from ...core.consistency import JobDropped
 from ...core.kernels import all_finite
 from ...core.rules import make_rule
 from ...core.server import NonFiniteUpdate, PushRejected
@@ -224,6 +225,8 @@ class RayWorker:
             versions = push_all(self.shards, self.ranges, self.index, seq, base, g, n, meta,
                                 buffers.numpy() if buffers.numel() else None, members,
                                 after_send=self._push_pause(seq) if self.hooks.get("push_pause_s") else None)
+        except JobDropped as exc:            # discarded or cancelled by the consistency policy
+            return {"applied": False, exc.kind: True, "loss": loss}
         except NonFiniteUpdate as exc:       # the update would overflow: the model diverged
             return {"applied": False, "nonfinite": True, "error": str(exc), "loss": loss}
         except PushRejected as exc:
