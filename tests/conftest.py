@@ -55,3 +55,18 @@ def ray_cluster(store_bytes: int, worker_nodes: list[dict]):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def wait_for(predicate, what: str, process, polls: int = 3600, interval_s: float = 0.05) -> None:
+    """Wait for an event (a file or a line appearing) while ``process`` runs, polling ``predicate``.
+
+    Fails only if the process ends first or the event never comes within ``polls`` polls (a bound on
+    the count, not a reading of the clock).
+    """
+    import time
+    for _ in range(polls):
+        if predicate():
+            return
+        assert process.poll() is None, f"it ended before {what}: {process.stderr.read()[-2000:]}"
+        time.sleep(interval_s)
+    raise AssertionError(f"no {what} after {polls} polls")

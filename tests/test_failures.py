@@ -25,10 +25,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 import torch
 from torch import nn
 
@@ -232,15 +232,6 @@ def test_a_refused_auth_token_is_named(monkeypatch):
 def start(args: list[str], cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "dcasgd", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV, cwd=cwd)
-
-
-def wait_for(predicate, what: str, process: subprocess.Popen, limit_s: float = 180.0) -> None:
-    """Wait for an event (a file or a line appearing), failing if it never comes or the process ended."""
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        assert process.poll() is None, f"it ended before {what}: {process.stderr.read()[-2000:]}"
-        assert time.monotonic() < deadline, f"no {what}"
-        time.sleep(0.05)
 
 
 def has_update(out: Path) -> bool:

@@ -18,10 +18,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 import torch
 
 from dcasgd.cli import main
@@ -148,15 +148,6 @@ def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
     (out / LOCK_NAME).write_text("999999\n")            # what a killed run leaves: a file, no lock
     assert main(["train", *TINY, "--out", str(out)]) == 0
     assert summary_of(out)["updates"] == UPDATES
-
-
-def wait_for(predicate, what: str, process: subprocess.Popen, limit_s: float = 120.0) -> None:
-    """Wait for an event (a file appearing), failing only if it never comes or the process ended."""
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        assert process.poll() is None, f"the run ended before {what}: {process.stderr.read()}"
-        assert time.monotonic() < deadline, f"no {what}"
-        time.sleep(0.05)
 
 
 def test_a_live_run_cannot_be_joined_or_resumed_and_a_killed_one_can(tmp_path, capsys):
