@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from .config import NOT_RESTORED_ON_RESUME, RESUME_MAY_CHANGE, ConfigError, TrainConfig
 from .errors import InputError, RunFailed
-from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULES, SCHEDULES
+from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULES, SCHEDULES, TIMINGS
 from .presets import PRESETS, load_config_file, load_preset, settings_from_toml
 from .io.rundir import resume_run_dir
 
@@ -48,6 +48,11 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _tables(text: str) -> tuple[tuple[float, ...], ...]:
+    """Per-worker tables: ``Q,Q,.../Q,Q,...`` (a '/' between workers)."""
+    return tuple(_floats(part) for part in text.split("/"))
 
 
 def _straggler(text: str) -> tuple[int, float]:
@@ -156,7 +161,16 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--corrupt", type=_straggler, action="append", default=S, metavar="W:P",
                    help="fault injection: worker W sends a NaN gradient with probability P (repeatable)")
     s.add_argument("--replay", default=S, metavar="TRACE.jsonl",
-                   help="take compute times from a recorded trace (lines with worker, duration_s)")
+                   help="take each worker's cycles from a recorded trace.jsonl (whole cycles: pull, compute, "
+                        "emulated slowness, push; an older trace's compute times get --comm-time around them)")
+    s.add_argument("--timing", choices=TIMINGS, default=S,
+                   help=f"per-gradient noise: model (lognormal, --jitter/--jitters) or empirical (inverse-CDF "
+                        f"draws from --timing-quantiles); default {d.timing}; see docs/timing-model.md")
+    s.add_argument("--jitters", type=_floats, default=S, metavar="S0,S1,...",
+                   help="per-worker lognormal sigma of the per-gradient noise (in place of --jitter)")
+    s.add_argument("--timing-quantiles", type=_tables, default=S, metavar="Q,Q,.../Q,Q,...",
+                   help="--timing empirical: each worker's noise quantiles at evenly spaced probabilities "
+                        "0..1, workers separated by '/' (dcasgd fit writes them)")
     o = p.add_argument_group("observability and reliability")
     o.add_argument("--probe-every", type=int, default=S,
                    help="every K-th push, measure how well compensation approximates the fresh gradient (0 = off)")

@@ -5,12 +5,16 @@ real: worker m computes it on its own mini-batch at exactly the weights it
 pulled; only the clock is simulated.  One gradient cycle of worker m takes::
 
     comm_time (pull) + compute_time(m) + comm_time (push)        simulated seconds
-    compute_time(m) = base_time * speed[m] * straggler[m] * exp(jitter * z),  z ~ N(0, 1)
+    compute_time(m) = base_time * speed[m] * straggler[m] * noise
 
-where ``speed`` comes from ``--speeds`` or is drawn ``exp(hetero_sigma * z)``
-per worker, and ``z`` is drawn from a numpy Generator seeded by the run's
-seed, so a seed fixes every bit.  ``--replay FILE`` takes compute times from
-a recorded trace instead (see :func:`load_trace`).
+with the noise and the speeds of the timing model
+(:mod:`dcasgd.engine.timing`: lognormal ``exp(jitter * z)`` by default, or
+per-worker jitters, or per-worker empirical quantiles that ``dcasgd fit``
+measures on a real run), drawn from a numpy Generator seeded by the run's
+seed, so a seed fixes every bit.  ``--replay FILE`` takes each worker's whole
+cycles from a recorded trace instead.  With a run directory the simulator
+writes ``trace.jsonl`` in the Ray backend's format, so a simulated run can be
+replayed too.
 
 An event queue orders finish, failure and rejoin events by (time, sequence
 number); ties go to the earlier-scheduled event, so equal-speed workers run
@@ -22,9 +26,10 @@ worker's until the slowest catches up (the wait is simulated time, counted
 per worker); ``sync`` starts a round with every live worker at the same
 weights and applies the average of their gradients when the slowest finishes.
 
-What is the simulator's own: the event heap, the clock and the timing model.
-Evaluations, metrics lines, staleness statistics, events and the summary go
-through the shared :class:`~dcasgd.engine.recorder.Recorder`.
+What is the simulator's own: the event heap and the clock (the timing model is
+:mod:`dcasgd.engine.timing`'s).  Evaluations, metrics lines, staleness
+statistics, events and the summary go through the shared
+:class:`~dcasgd.engine.recorder.Recorder`.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ..compute.flat import FlatModel
@@ -45,74 +49,16 @@ from ..config import TrainConfig
 from ..core.consistency import SyncBarrier, parse_consistency
 from ..core.kernels import all_finite
 from ..core.server import NonFiniteUpdate, PushRejected, ServerCore
-from ..errors import InputError
 from ..engine.context import RunContext, open_run_dir, prepare_run, write_summary
 from ..engine.probe import CompensationProbe
 from ..engine.recorder import Recorder
 from ..engine.resume import check_resumable, load_resume_checkpoint
-from ..engine.speeds import worker_speeds
+from ..engine.timing import TraceError, Timing, load_trace, trace_record  # noqa: F401 (TraceError, load_trace: as before)
 from ..io.checkpoint import CheckpointError, save_checkpoint
+from ..io.metrics import MetricsWriter
 
 FINISH, FAIL, REJOIN = "finish", "fail", "rejoin"
 SIM_STATE_FORMAT = "dcasgd.sim/2"
-
-
-class TraceError(InputError):
-    """A replay trace that is missing, malformed or lacks a worker."""
-
-
-def load_trace(path: str | Path, num_workers: int) -> list[list[float]]:
-    """Per-worker compute durations from a JSONL trace.
-
-    Each line is an object with ``worker`` (int) and ``duration_s`` (compute
-    seconds of one gradient, > 0); other keys (a Ray run also records
-    ``seq``, ``base_version``, ``version``, ``staleness``, ``t_pull``,
-    ``t_push``) are ignored.  Worker m's k-th gradient in the simulation takes
-    its k-th recorded duration, cycling when the trace runs out.
-    """
-    durations: list[list[float]] = [[] for _ in range(num_workers)]
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise TraceError(f"replay trace {path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"replay trace {path}: not a text file of JSON lines") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            worker, duration = int(record["worker"]), float(record["duration_s"])
-        except (ValueError, KeyError, TypeError):
-            raise TraceError(f"replay trace {path}, line {number}: need an object with "
-                             f"'worker' and 'duration_s'") from None
-        if not 0 <= worker < num_workers or not (duration > 0 and math.isfinite(duration)):
-            continue  # other workers of a larger run, or a marker line
-        durations[worker].append(duration)
-    missing = [m for m, d in enumerate(durations) if not d]
-    if missing:
-        raise TraceError(f"replay trace {path} has no durations for worker(s) {missing}")
-    return durations
-
-
-class Timing:
-    """Compute time of each gradient: the model above, or a replayed trace."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.rng = np.random.default_rng(cfg.seed)
-        self.speed = worker_speeds(cfg, self.rng)
-        self.base_time, self.jitter = cfg.base_time, cfg.jitter
-        self.trace = load_trace(cfg.replay, cfg.workers) if cfg.replay else None
-        self.drawn = [0] * cfg.workers
-
-    def compute_time(self, worker: int) -> float:
-        k = self.drawn[worker]
-        self.drawn[worker] += 1
-        if self.trace is not None:
-            return self.trace[worker][k % len(self.trace[worker])]
-        noise = math.exp(self.jitter * self.rng.standard_normal()) if self.jitter > 0 else 1.0
-        return self.base_time * self.speed[worker] * noise
 
 
 @dataclass
@@ -129,6 +75,9 @@ class SimWorker:
     alive: bool = True
     generation: int = 0      # bumped on failure: invalidates the in-flight finish event
     waiting_since: float | None = None
+    ready_at: float = 0.0    # when it last became free to start a gradient (its push, or the start)
+    cycle: dict[str, float] | None = None   # the parts of the cycle in progress, and when it began
+    started_at: float = 0.0
 
 
 @dataclass
@@ -177,6 +126,7 @@ class Simulator:
         self.gradients = 0                   # gradients computed and pushed
         self.target_samples = math.ceil(cfg.epochs * n)
         self._checkpoint_due = False
+        self.trace: MetricsWriter | None = None       # trace.jsonl (with a run directory)
 
     @property
     def metrics(self) -> Any:
@@ -215,8 +165,8 @@ class Simulator:
         else:
             w.weights, w.base_version = self.server.pull(w.index)
         w.buffers = self.server_buffers.clone()
-        cycle = self.cfg.comm_time + self.timing.compute_time(w.index) + self.cfg.comm_time
-        self._schedule(self.now + cycle, FINISH, w.index, w.generation)
+        w.cycle, w.started_at = self.timing.cycle(w.index), self.now
+        self._schedule(self.now + w.cycle["cycle_s"], FINISH, w.index, w.generation)
 
     def _start_sync_round(self) -> None:
         live = self._live()
@@ -291,6 +241,7 @@ class Simulator:
             return False
         except PushRejected as exc:
             self._log_event("push_refused", w.index, reason=str(exc))
+            self._trace_cycle(w)
             self._start(w)
             return False
         return True
@@ -311,13 +262,28 @@ class Simulator:
             self._start_sync_round()
 
     def _record_update(self, w: SimWorker, staleness: int, loss: float, clock: int) -> None:
-        self.recorder.update(version=self.server.version + (self.consistency.mode == "sync"), worker=w.index,
-                             staleness=staleness, loss=loss, time_s=self.now, epoch=self.epoch, clock=clock,
-                             clock_gap=w.start_clock_gap)
+        version = self.server.version + (self.consistency.mode == "sync")
+        self.recorder.update(version=version, worker=w.index, staleness=staleness, loss=loss, time_s=self.now,
+                             epoch=self.epoch, clock=clock, clock_gap=w.start_clock_gap)
+        self._trace_cycle(w, version, staleness)
+        w.ready_at = self.now
+
+    def _trace_cycle(self, w: SimWorker, version: int | None = None, staleness: int | None = None) -> None:
+        """The trace line of w's cycle in progress: the line the Ray backend writes for an applied push, or
+        (``version`` None) a cycle never applied (refused, cut short by a failure, or in flight at the end),
+        so that a replay draws exactly the cycles this run drew."""
+        if self.trace is not None and w.cycle is not None:
+            self.trace.append(trace_record({
+                "worker": w.index, "seq": self.timing.drawn[w.index], "base_version": w.base_version,
+                "version": version, "staleness": staleness, "t_pull": w.started_at,
+                "t_push": self.now if version is not None else None, "duration_s": w.cycle["compute_s"],
+                **w.cycle, "wait_s": w.started_at - w.ready_at}))
+        w.cycle = None
 
     def _on_fail(self, w: SimWorker) -> None:
         if not w.alive:
             return
+        self._trace_cycle(w)
         w.alive, w.generation, w.waiting_since = False, w.generation + 1, None
         self._log_event("worker_failed", w.index)
         if self.consistency.mode == "sync":
@@ -331,7 +297,7 @@ class Simulator:
         if w.alive:
             return
         live = self._live()
-        w.alive = True
+        w.alive, w.ready_at = True, self.now
         w.clock = min((o.clock for o in live), default=w.clock)   # rejoin at the slowest live clock
         self._log_event("worker_rejoined", w.index)
         if self.consistency.mode == "sync":
@@ -388,6 +354,7 @@ class Simulator:
         if self.ctx.resume_dir is not None:
             self._resume(self.ctx.resume_dir)
         else:
+            self._open_trace(append=False)
             self.recorder.open(lr=lambda: self.server.lr)
             self._evaluate()                               # error at epoch 0
             for worker, at, rejoin in cfg.failures:
@@ -416,12 +383,16 @@ class Simulator:
                             else "stop_after_updates")
         elif outcome == "no_live_workers":
             self._log_event("stopped_no_live_workers", -1)
+        for w in self.workers:
+            self._trace_cycle(w)                           # the cycles still in flight (after the checkpoint)
         if self.diverged:
             self.recorder.mark_diverged(self.server.version)
         if self.recorder.evals[-1]["version"] != self.server.version:
             self._evaluate()
         self.recorder.show_progress(self.epoch, self.server.version, force=True)
         self.recorder.close()
+        if self.trace is not None:
+            self.trace.close()
         summary = self.recorder.summary(
             updates=self.server.version, gradients=self.gradients, epoch=self.epoch, outcome=outcome,
             backend="sim", sim_time_s=self.now, refused_per_worker=self.server.refused.tolist(),
@@ -456,6 +427,7 @@ class Simulator:
             "workers": [{"weights": None if w.weights is None else w.weights.clone(), "buffers": w.buffers,
                          "base_version": w.base_version, "clock": w.clock, "start_clock_gap": w.start_clock_gap,
                          "alive": w.alive, "generation": w.generation, "waiting_since": w.waiting_since,
+                         "ready_at": w.ready_at, "cycle": w.cycle, "started_at": w.started_at,
                          "stream": w.stream.state_dict()} for w in self.workers],
             "events": [[e.time, e.seq, e.kind, e.worker, e.generation] for e in self.events],
             "barrier": {"expected": sorted(self.barrier.expected), "received": list(self.barrier.received),
@@ -465,6 +437,7 @@ class Simulator:
             "probe": self.probe.state_dict() if hasattr(self.probe, "state_dict") else None,
             "scalars": {"seq": self.seq, "now": self.now, "samples": self.samples, "gradients": self.gradients},
             "metrics_bytes": self.metrics.tell(),
+            "trace_bytes": self.trace.tell() if self.trace is not None else None,
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -477,6 +450,7 @@ class Simulator:
             w.weights, w.buffers, w.base_version = ws["weights"], ws["buffers"], ws["base_version"]
             w.clock, w.start_clock_gap, w.alive = ws["clock"], ws["start_clock_gap"], ws["alive"]
             w.generation, w.waiting_since = ws["generation"], ws["waiting_since"]
+            w.ready_at, w.cycle, w.started_at = ws.get("ready_at", 0.0), ws.get("cycle"), ws.get("started_at", 0.0)
             w.stream.load_state_dict(ws["stream"])
         self.events = [Event(*e) for e in sd["events"]]
         heapq.heapify(self.events)
@@ -501,14 +475,24 @@ class Simulator:
         path, sd = load_resume_checkpoint(directory)
         check_resumable(sd.get("config", {}), self.cfg, path)
         self.load_state_dict(sd)
-        metrics_path = self.ctx.out / "metrics.jsonl"
-        source = directory / "metrics.jsonl"
-        if source.resolve() != metrics_path.resolve():
-            metrics_path.write_bytes(source.read_bytes()[:sd["metrics_bytes"]])
-        else:
-            with open(metrics_path, "r+b") as f:
-                f.truncate(sd["metrics_bytes"])
+        _continue_file(directory / "metrics.jsonl", self.ctx.out / "metrics.jsonl", sd["metrics_bytes"])
+        if sd.get("trace_bytes") is not None and (directory / "trace.jsonl").is_file():
+            _continue_file(directory / "trace.jsonl", self.ctx.out / "trace.jsonl", sd["trace_bytes"])
+        self._open_trace(append=True)
         self.recorder.open(lr=lambda: self.server.lr, append=True)
+
+    def _open_trace(self, append: bool) -> None:
+        if self.ctx.out is not None:
+            self.trace = MetricsWriter(self.ctx.out / "trace.jsonl", append=append)
+
+
+def _continue_file(source: Path, target: Path, length: int) -> None:
+    """``target`` becomes the first ``length`` bytes of ``source`` (the same file: cut back in place)."""
+    if source.resolve() != target.resolve():
+        target.write_bytes(source.read_bytes()[:length])
+    else:
+        with open(target, "r+b") as f:
+            f.truncate(length)
 
 
 def run_sim(cfg: TrainConfig, probe: Any = None, task: Any = None) -> SimResult:
