@@ -41,6 +41,24 @@ def emulated_slowdowns(cfg: TrainConfig) -> list[float]:
     return [s / fastest for s in speeds]
 
 
+def reference_workers(cfg: TrainConfig) -> list[int]:
+    """The unslowed workers (k_m = 1), whose cycles pace the slowed ones; none when no worker is slowed."""
+    slowdowns = emulated_slowdowns(cfg)
+    return [m for m, k in enumerate(slowdowns) if k == 1.0] if max(slowdowns) > 1.0 else []
+
+
+def achieved_slowdowns(mean_cycles: list[float | None], requested: list[float]) -> list[float | None]:
+    """The slow-down each worker achieved: its mean cycle over the unslowed workers' (``requested`` k = 1).
+
+    ``mean_cycles`` are seconds per gradient, holds left out (None: no gradient recorded).
+    """
+    unslowed = [x for x, k in zip(mean_cycles, requested) if k == 1.0 and x]
+    if not unslowed:
+        return [None] * len(mean_cycles)
+    reference = sum(unslowed) / len(unslowed)
+    return [x / reference if x else None for x in mean_cycles]
+
+
 def emulated_pause(slowdown: float, busy_s: float) -> float:
     """Seconds a worker ``slowdown`` times slower than the fastest sleeps after a round trip that kept it
     busy ``busy_s`` seconds: ``(slowdown - 1) * busy_s``, so the round trip takes ``slowdown * busy_s``.
