@@ -1,4 +1,4 @@
-"""The ``dcasgd`` command line: ``train``, ``compare`` and ``report``.
+"""The ``dcasgd`` command line: ``train``, ``compare``, ``report`` and ``fit``.
 
 Settings come, in increasing priority, from TrainConfig's defaults, a preset
 (``--preset NAME``), a TOML file (``--config FILE``) and explicit flags.
@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 from .config import NOT_RESTORED_ON_RESUME, RESUME_MAY_CHANGE, ConfigError, TrainConfig
 from .errors import InputError, RunFailed
-from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULES, SCHEDULES, TIMINGS
+from .names import (BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, FIT_SHAPES, LOSSES, METRICS, MODELS, RULES, SCHEDULES,
+                    TIMINGS)
 from .presets import PRESETS, load_config_file, load_preset, settings_from_toml
 from .io.rundir import resume_run_dir
 
@@ -378,6 +379,36 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_report)
 
 
+FIT_HELP = """Fit the simulator's timing model to a real run: per-worker speed, the shape of each
+worker's per-gradient cycle time (empirical quantiles resampled with the run's seed, or a lognormal),
+and the communication time, from RUN_DIR/trace.jsonl (any run of dcasgd train writes one).  Writes
+FILE.toml with the run's settings and the fitted model, for train and compare (--config FILE.toml),
+and prints per-worker mean and p90 of the cycle, measured against fitted.  See docs/timing-model.md."""
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .engine.fit import check_table, fit_run, toml_text
+    from .io.atomic import atomic_write_text
+    fit = fit_run(args.run_dir, args.shape, *([args.quantiles] if args.quantiles else []))
+    atomic_write_text(Path(args.to), toml_text(fit, Path(args.run_dir), args.shape))
+    TrainConfig(**load_config_file(args.to)).validate()          # what train --config will read
+    print("\n".join(check_table(fit)))
+    print(f"wrote {args.to} (timing {fit.settings['timing']}, {fit.workers} workers); "
+          f"next: dcasgd train --config {args.to} --out DIR")
+    return EXIT_OK
+
+
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("fit", help="fit the simulator's timing model to a run's trace.jsonl", description=FIT_HELP)
+    f.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding trace.jsonl (and summary.json)")
+    f.add_argument("--to", required=True, metavar="FILE.toml", help="where to write the fitted configuration")
+    f.add_argument("--shape", choices=FIT_SHAPES, default=FIT_SHAPES[0],
+                   help="empirical: per-worker quantile tables (the default); lognormal: per-worker sigma")
+    f.add_argument("--quantiles", type=int, default=None,
+                   help="empirical: quantiles per worker table, evenly spaced 0..1 (default 41: every 2.5%%)")
+    f.set_defaults(func=cmd_fit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dcasgd", description="Delay-compensated asynchronous SGD on a parameter server: "
                     "simulated cluster or Ray.", epilog=EXIT_STATUS_HELP,
@@ -390,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     add_compare_parser(sub)
     add_report_parser(sub)
+    add_fit_parser(sub)
     return parser
 
 
