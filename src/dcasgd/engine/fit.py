@@ -10,9 +10,9 @@ holds left out (:mod:`dcasgd.engine.timing`).  The model to fit is::
 - ``x = cycle_s - 2 * comm_time``: the rest of each cycle (compute, emulated
   slowness, batch selection), at least ``FLOOR`` times its worker's median cycle;
 - shape ``"empirical"`` (the default): worker m's quantiles ``q_m`` of x at
-  ``QUANTILES`` evenly spaced probabilities 0..1 (the minimum and maximum
-  included).  With ``scale_m`` their trapezoid mean (the mean of an inverse-CDF
-  draw), ``base_time = min scale_m``, ``speeds[m] = scale_m / base_time`` and
+  ``QUANTILES`` evenly spaced probabilities 0..1 (:func:`quantile_table`).
+  With ``scale_m`` their trapezoid mean (the mean of an inverse-CDF draw),
+  ``base_time = min scale_m``, ``speeds[m] = scale_m / base_time`` and
   ``timing_quantiles[m] = q_m / scale_m``, so a simulated worker draws its
   measured quantile function, resampled with the run's seed;
 - shape ``"lognormal"``: ``mu_m`` and ``sigma_m`` are the mean and standard
@@ -85,8 +85,8 @@ def fit_cycles(cycles: list[np.ndarray], exchanges: list[np.ndarray] | None, sha
     None: compute times only, ``comm_time`` 0)."""
     if shape not in SHAPES:
         raise FitError(f"fit: unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
-    if quantiles < 2:
-        raise FitError(f"fit: quantiles must be at least 2, got {quantiles}")
+    if quantiles < 3:
+        raise FitError(f"fit: quantiles must be at least 3, got {quantiles}")
     comm = float(np.median(np.concatenate(exchanges))) / 2 if exchanges else 0.0
     parts = [np.maximum(np.asarray(c, dtype=float) - 2 * comm, FLOOR * np.median(c)) for c in cycles]
     if shape == "lognormal":
@@ -96,11 +96,28 @@ def fit_cycles(cycles: list[np.ndarray], exchanges: list[np.ndarray] | None, sha
         return {"base_time": base, "comm_time": comm, "timing": "model",
                 "speeds": [float(np.exp(mu)) / base for mu in centre],
                 "jitters": [float(lx.std(ddof=1)) for lx in logs]}
-    tables = [np.quantile(x, np.linspace(0.0, 1.0, quantiles)) for x in parts]
+    tables = [quantile_table(x, quantiles) for x in parts]
     scales = [quantile_mean(t) for t in tables]
     base = min(scales)
     return {"base_time": base, "comm_time": comm, "timing": "empirical", "speeds": [s / base for s in scales],
             "timing_quantiles": [[float(v) / s for v in t] for t, s in zip(tables, scales)]}
+
+
+def quantile_table(x: np.ndarray, n: int) -> np.ndarray:
+    """The sample quantiles of ``x`` at ``n >= 3`` evenly spaced probabilities 0..1, for inverse-CDF draws.
+
+    The inner values are the sample quantiles.  The two end values are set so
+    that the first and last segments of the piecewise-linear quantile function
+    have the mean of the samples they stand for (``end = 2 * mean - inner
+    neighbour``), not the sample minimum and maximum, which would lend one
+    extreme gradient the weight of a whole segment; so the draws keep the
+    sample's mean and its tail.
+    """
+    table = np.quantile(x, np.linspace(0.0, 1.0, n))
+    head, tail = x[x <= table[1]].mean(), x[x >= table[-2]].mean()
+    table[-1] = max(table[-2], 2 * tail - table[-2])
+    table[0] = min(table[1], max(2 * head - table[1], FLOOR * table[1]))
+    return table
 
 
 def fit_run(run_dir: str | Path, shape: str = "empirical", quantiles: int = QUANTILES) -> Fit:
