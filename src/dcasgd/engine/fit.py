@@ -48,9 +48,9 @@ from .timing import Timing, quantile_mean, read_trace
 QUANTILES = 41                  # every 2.5%
 FLOOR = 0.01                    # the least compute part, as a fraction of its worker's median
 FIT_DRAWS = 20000               # cycles drawn per worker to check the fit
-# Settings of the recorded run that the fitted file does not carry: where it ran and wrote, when it stopped,
-# and the timing the fit replaces (the measured cycles already hold the emulated slowness).
-NOT_CARRIED = RUN_INVARIANT | STOP_CONDITIONS | {
+# Settings of the recorded run that the fitted file does not carry: where it ran and wrote (its data stays where
+# it was), when it stopped, and the timing the fit replaces (the measured cycles already hold the emulated slowness).
+NOT_CARRIED = (RUN_INVARIANT - {"data_root"}) | STOP_CONDITIONS | {
     "backend", "servers", "replay", "speeds", "hetero_sigma", "stragglers", "jitter", "jitters", "base_time",
     "comm_time", "timing", "timing_quantiles", "failures", "corrupt"}
 
