@@ -113,6 +113,7 @@ class RayWorker:
                 return {"worker": m, "gradients": gradients, "reason": grant["reason"], **spent}
             t_pull, granted = time.time(), time.perf_counter()
             base = self._receive(pulled) if pulled is not None else self._pull()
+            # the pull: this worker's part, and with one shard the server's (its copy, reported with the grant)
             pull_s = time.perf_counter() - granted + (grant.get("pull_s", 0.0) if pulled is not None else 0.0)
             cycle.granted(grant.get("wait_s", 0.0), grant.get("held_s", 0.0), pull_s)
             x, y = self.x.index_select(0, batch), self.y.index_select(0, batch)   # (5x x[batch])
