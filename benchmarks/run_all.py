@@ -5,8 +5,8 @@
 ``make bench`` runs this.  Scripts run one after another (never two at once:
 they time things), each in its own process with a time limit; one that
 fails or times out is reported and the others still run; the exit status is
-1 if any failed.  Budget on a shared 2-core machine: under 20 minutes in
-all, under 8 with ``--quick``.
+1 if any failed.  Budget on a shared 2-core machine: under 30 minutes in
+all, under 10 with ``--quick``.
 
 Every script runs with ``OMP_NUM_THREADS=1`` (``--threads`` changes it; 0
 keeps torch's default): on a small machine shared with other jobs, OpenMP
@@ -37,8 +37,9 @@ SCRIPTS = [
     ("sim_overhead", ["--repeats", "5"], 600),
     ("ray_transport", [], 600),
     ("peers", [], 900),
+    ("fidelity", [], 1200),
 ]
-RAY_SCRIPTS = {"ray_transport", "peers"}
+RAY_SCRIPTS = {"ray_transport", "peers", "fidelity"}
 
 
 def write_run_times(took_s: list[tuple[str, str, float]], total_s: float, args: argparse.Namespace) -> None:
@@ -47,7 +48,7 @@ def write_run_times(took_s: list[tuple[str, str, float]], total_s: float, args: 
     body = (f"One full run of every benchmark, one after another (threads {args.threads}"
             f"{', no Ray' if args.no_ray else ''}); 1-min load average at the end {os.getloadavg()[0]:.1f}.\n\n"
             f"| script | status | seconds |\n|---|---|---:|\n{rows}\n\n"
-            f"- total: **{total_s / 60:.1f} min** (budget: 20 min)")
+            f"- total: **{total_s / 60:.1f} min** (budget: 30 min)")
     write_section("make_bench", "make bench: run times", body, [],
                   command="make bench" + (" (run_all.py --no-ray)" if args.no_ray else ""))
 
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
     parser.add_argument("--only", default="", help="comma-separated script names (default: all present)")
     parser.add_argument("--assemble-only", action="store_true", help="only rebuild README.md from results/*.md")
-    parser.add_argument("--no-ray", action="store_true", help="skip Ray: --no-ray to stragglers, skip ray_transport "
-                                                             "and peers")
+    parser.add_argument("--no-ray", action="store_true", help="skip Ray: --no-ray to stragglers, skip ray_transport, "
+                                                             "peers and fidelity")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every script (default 1; "
                                                                "0 = torch's default)")
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ consumes 3 + 1/4 gradients per unit: 3.25x the gradients (13x the updates).
 With Ray present (``dcasgd.backends.ray.run_ray``; skip with ``--no-ray``) it
 runs the same three cases on a local Ray with 2 workers, in wall-clock
 seconds, the slow workers emulated by the Ray backend (a worker k times
-slower sleeps k - 1 times each busy round trip; see docs/ray.md).
+slower sleeps so that its cycle is k times the unslowed workers'; see docs/ray.md).
 
 Writes benchmarks/results/stragglers.md.
 
@@ -174,9 +174,9 @@ def ray_part(epochs: float, target: float, seed: int) -> str:
                      f"{asgd['upd_per_s'] / sync['upd_per_s']:.2f}x); DC-ASGD-a/SSGD gradients/s "
                      f"**{dc['grad_per_s'] / sync['grad_per_s']:.2f}x**")
     return (f"Local Ray, {RAY_WORKERS} workers, {epochs:g} epochs; wall-clock seconds of the training loop on this "
-            "machine.  Slow workers are emulated (docs/ray.md): worker m sleeps (k_m - 1) times each busy round "
-            "trip, k_m = its time factor over the fastest's (case (c): the simulator's lognormal draw for 2 "
-            "workers).  With 2 workers, one 4x slower, the ideal ASGD/SSGD gradients/s is (1 + 1/4) / (2/4) = "
+            "machine.  Slow workers are emulated (docs/ray.md): worker m sleeps so that its cycle is k_m times the "
+            "unslowed workers' running mean cycle, k_m = its time factor over the fastest's (case (c): the "
+            "simulator's lognormal draw for 2 workers).  With 2 workers, one 4x slower, the ideal ASGD/SSGD gradients/s is (1 + 1/4) / (2/4) = "
             "2.5x.\n\n"
             + table(["case", "method", "updates", "gradients", "training s", "updates/s", "gradients/s",
                      "final test error %", f"wall s to <= {target:g}% error"], rows)

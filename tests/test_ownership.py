@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
-import torch
 
 from dcasgd.cli import main
 from dcasgd.io.checkpoint import list_checkpoints, load_checkpoint, load_latest
@@ -172,18 +171,21 @@ def test_a_live_run_cannot_be_joined_or_resumed_and_a_killed_one_can(tmp_path, c
 # ---------------------------------------------------------------- 4. bits depend on the thread count
 
 
-def test_a_resume_under_another_thread_count_warns_and_records_both(tmp_path, capsys):
+def test_a_resume_under_another_thread_count_warns_and_records_both(tmp_path):
+    """In child processes: a test process whose OpenMP pool has run two threads must not fork later."""
     out = tmp_path / "run"
-    try:
-        stopped_run(out, 20, "--threads", "1")
-        capsys.readouterr()
-        assert main(["train", "--resume", str(out), "--threads", "2"]) == 0
-        err = capsys.readouterr().err
-        assert "written with 1 torch threads" in err and "--threads 1" in err
-        summary = summary_of(out)
-        assert summary["torch_threads"] == 2 and summary["torch_threads_history"] == [1, 2]
-    finally:
-        torch.set_num_threads(1)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dcasgd", "train", *args], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    first = cli(*TINY, "--out", str(out), "--checkpoint-every", "8", "--stop-after-updates", "20", "--threads", "1")
+    assert first.returncode == 0, first.stderr
+    second = cli("--resume", str(out), "--threads", "2")
+    assert second.returncode == 0, second.stderr
+    assert "written with 1 torch threads" in second.stderr and "--threads 1" in second.stderr
+    summary = summary_of(out)
+    assert summary["torch_threads"] == 2 and summary["torch_threads_history"] == [1, 2]
 
 
 def test_a_resume_under_the_same_thread_count_is_bit_identical_and_quiet(tmp_path, capsys):

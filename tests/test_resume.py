@@ -46,6 +46,7 @@ def test_stopped_and_resumed_runs_are_bit_identical(tmp_path, extra):
         assert torch.equal(resumed.weights, whole.weights), stop
         assert torch.equal(resumed.buffers, whole.buffers)
         assert (out / "metrics.jsonl").read_bytes() == reference, stop
+        assert (out / "trace.jsonl").read_bytes() == (tmp_path / "whole" / "trace.jsonl").read_bytes(), stop
         assert resumed.summary["final_test_error"] == whole.summary["final_test_error"]
 
 

@@ -1,4 +1,4 @@
-"""The ``dcasgd`` command line: ``train``, ``compare`` and ``report``.
+"""The ``dcasgd`` command line: ``train``, ``compare``, ``report`` and ``fit``.
 
 Settings come, in increasing priority, from TrainConfig's defaults, a preset
 (``--preset NAME``), a TOML file (``--config FILE``) and explicit flags.
@@ -22,7 +22,8 @@ from typing import Any, Sequence
 from .config import NOT_RESTORED_ON_RESUME, RESUME_MAY_CHANGE, ConfigError, TrainConfig
 from .engine.signals import STOP, exit_status, signal_name, stop_on_signals
 from .errors import InputError, RunFailed, StorageError, UserCodeError, is_machine_failure
-from .names import BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULES, SCHEDULES
+from .names import (BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, FIT_SHAPES, LOSSES, METRICS, MODELS, RULES, SCHEDULES,
+                    TIMINGS)
 from .presets import PRESETS, load_config_file, load_preset, settings_from_toml
 from .io.rundir import resume_run_dir
 
@@ -69,6 +70,11 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _tables(text: str) -> tuple[tuple[float, ...], ...]:
+    """Per-worker tables: ``Q,Q,.../Q,Q,...`` (a '/' between workers)."""
+    return tuple(_floats(part) for part in text.split("/"))
 
 
 def _straggler(text: str) -> tuple[int, float]:
@@ -189,7 +195,16 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--corrupt", type=_straggler, action="append", default=S, metavar="W:P",
                    help="fault injection: worker W sends a NaN gradient with probability P (repeatable)")
     s.add_argument("--replay", default=S, metavar="TRACE.jsonl",
-                   help="take compute times from a recorded trace (lines with worker, duration_s)")
+                   help="take each worker's cycles from a recorded trace.jsonl (whole cycles: pull, compute, "
+                        "emulated slowness, push; an older trace's compute times get --comm-time around them)")
+    s.add_argument("--timing", choices=TIMINGS, default=S,
+                   help=f"per-gradient noise: model (lognormal, --jitter/--jitters) or empirical (inverse-CDF "
+                        f"draws from --timing-quantiles); default {d.timing}; see docs/timing-model.md")
+    s.add_argument("--jitters", type=_floats, default=S, metavar="S0,S1,...",
+                   help="per-worker lognormal sigma of the per-gradient noise (in place of --jitter)")
+    s.add_argument("--timing-quantiles", type=_tables, default=S, metavar="Q,Q,.../Q,Q,...",
+                   help="--timing empirical: each worker's noise quantiles at evenly spaced probabilities "
+                        "0..1, workers separated by '/' (dcasgd fit writes them)")
     o = p.add_argument_group("observability and reliability")
     o.add_argument("--probe-every", type=int, default=S,
                    help="every K-th push, measure how well compensation approximates the fresh gradient (0 = off)")
@@ -450,6 +465,36 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_report)
 
 
+FIT_HELP = """Fit the simulator's timing model to a real run: per-worker speed, the shape of each
+worker's per-gradient cycle time (empirical quantiles resampled with the run's seed, or a lognormal),
+and the communication time, from RUN_DIR/trace.jsonl (any run of dcasgd train writes one).  Writes
+FILE.toml with the run's settings and the fitted model, for train and compare (--config FILE.toml),
+and prints per-worker mean and p90 of the cycle, measured against fitted.  See docs/timing-model.md."""
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .engine.fit import check_table, fit_run, toml_text
+    from .io.atomic import atomic_write_text
+    fit = fit_run(args.run_dir, args.shape, *([args.quantiles] if args.quantiles else []))
+    atomic_write_text(Path(args.to), toml_text(fit, Path(args.run_dir), args.shape))
+    TrainConfig(**load_config_file(args.to)).validate()          # what train --config will read
+    print("\n".join(check_table(fit)))
+    print(f"wrote {args.to} (timing {fit.settings['timing']}, {fit.workers} workers); "
+          f"next: dcasgd train --config {args.to} --out DIR")
+    return EXIT_OK
+
+
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("fit", help="fit the simulator's timing model to a run's trace.jsonl", description=FIT_HELP)
+    f.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding trace.jsonl (and summary.json)")
+    f.add_argument("--to", required=True, metavar="FILE.toml", help="where to write the fitted configuration")
+    f.add_argument("--shape", choices=FIT_SHAPES, default=FIT_SHAPES[0],
+                   help="empirical: per-worker quantile tables (the default); lognormal: per-worker sigma")
+    f.add_argument("--quantiles", type=int, default=None,
+                   help="empirical: quantiles per worker table, evenly spaced 0..1 (default 41: every 2.5%%)")
+    f.set_defaults(func=cmd_fit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dcasgd", description="Delay-compensated asynchronous SGD on a parameter server: "
                     "simulated cluster or Ray.", epilog=EXIT_STATUS_HELP,
@@ -462,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     add_compare_parser(sub)
     add_report_parser(sub)
+    add_fit_parser(sub)
     return parser
 
 

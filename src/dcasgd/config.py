@@ -31,7 +31,7 @@ from typing import Any
 from .core.consistency import ConsistencyError, parse_consistency
 from .errors import InputError
 from .names import (BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULE_DEFAULTS, RULES,
-                    SCHEDULES)
+                    SCHEDULES, TIMINGS)
 
 __all__ = ["BACKENDS", "DATASETS", "SCHEDULES", "ConfigError", "TrainConfig", "RUN_INVARIANT", "STOP_CONDITIONS",
            "RESUME_MAY_CHANGE", "NOT_RESTORED_ON_RESUME", "MAX_SEED"]
@@ -102,6 +102,9 @@ class TrainConfig:
     comm_time: float = 0.0
     failures: tuple[tuple[int, float, float | None], ...] = ()
     replay: str | None = None
+    timing: str = "model"              # per-gradient noise: "model" (lognormal) or "empirical" (quantile tables)
+    jitters: tuple[float, ...] = ()    # per-worker lognormal sigma (in place of jitter)
+    timing_quantiles: tuple[tuple[float, ...], ...] = ()   # timing "empirical": each worker's quantile table
     # observability
     probe_every: int = 0
     tensorboard: str | None = None
@@ -145,6 +148,7 @@ class TrainConfig:
         _choice("eval_split", self.eval_split, ("test", "val"))
         _choice("backup_dtype", self.backup_dtype, BACKUP_DTYPES)
         _choice("device", self.device, DEVICES)
+        _choice("timing", self.timing, TIMINGS)
         try:
             consistency = parse_consistency(self.consistency)
         except ConsistencyError as exc:
@@ -197,9 +201,13 @@ class TrainConfig:
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("speeds", "lr_milestones"):
+        for name in ("speeds", "lr_milestones", "jitters"):
             if not isinstance(getattr(self, name), (tuple, list)):
                 raise ConfigError(f"{name} must be a list of numbers, got {getattr(self, name)!r}")
+        if not (isinstance(self.timing_quantiles, (tuple, list))
+                and all(isinstance(row, (tuple, list)) for row in self.timing_quantiles)):
+            raise ConfigError(f"timing_quantiles must be a list of lists of numbers (one per worker), "
+                              f"got {self.timing_quantiles!r}")
         for name in ("stragglers", "corrupt"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a table of worker -> number, got {getattr(self, name)!r}")
@@ -226,6 +234,7 @@ class TrainConfig:
                 _in_range("speeds", s, lo, hi)
         if self.hetero_sigma > MAX_HETERO_SIGMA:
             raise ConfigError(f"hetero_sigma must be in [0, {MAX_HETERO_SIGMA:g}], got {self.hetero_sigma!r}")
+        self._check_timing()
         for worker, factor in self.stragglers.items():
             _worker_index("straggler", worker, self.workers)
             _in_range("straggler factor", factor, lo, hi)
@@ -242,9 +251,32 @@ class TrainConfig:
             if rejoin is not None and not (isinstance(rejoin, (int, float)) and rejoin > at):
                 raise ConfigError(f"failure of worker {worker}: rejoin time {rejoin} must be after failure time {at}")
 
+    def _check_timing(self) -> None:
+        """Per-worker jitters and quantile tables: one per worker, and only where ``timing`` uses them."""
+        if self.jitters:
+            if len(self.jitters) != self.workers:
+                raise ConfigError(f"jitters: {len(self.jitters)} values given for {self.workers} workers")
+            if self.jitter:
+                raise ConfigError("jitter and jitters both given: jitters sets each worker's sigma, jitter all of them")
+            for sigma in self.jitters:
+                _nonneg("jitters", sigma)
+                if sigma > MAX_HETERO_SIGMA:
+                    raise ConfigError(f"jitters must be in [0, {MAX_HETERO_SIGMA:g}], got {sigma!r}")
+        if self.timing == "empirical":
+            if self.jitter or self.jitters:
+                raise ConfigError("timing 'empirical' draws each gradient's noise from timing_quantiles: "
+                                  "jitter and jitters apply to timing 'model'")
+            if len(self.timing_quantiles) != self.workers:
+                raise ConfigError(f"timing 'empirical' needs timing_quantiles: one table per worker, "
+                                  f"got {len(self.timing_quantiles)} for {self.workers} workers")
+            for worker, table in enumerate(self.timing_quantiles):
+                _quantile_table(worker, table)
+        elif self.timing_quantiles:
+            raise ConfigError("timing_quantiles are used only with timing 'empirical'")
+
 
 _STR_FIELDS = ("backend", "rule", "consistency", "dataset", "model", "loss", "metric", "eval_split",
-               "backup_dtype", "lr_schedule", "device")
+               "backup_dtype", "lr_schedule", "device", "timing")
 _OPTIONAL_STR_FIELDS = ("out", "data_root", "replay", "tensorboard", "resume", "address")
 _BOOL_FIELDS = ("per_worker_ms", "progress", "overwrite", "delay_drop")
 _ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
@@ -303,6 +335,15 @@ def _nonneg(name: str, value: Any) -> None:
 def _in_range(name: str, value: Any, lo: float, hi: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
         raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+
+
+def _quantile_table(worker: int, table: Any) -> None:
+    """A quantile table: at least 2 finite numbers > 0, non-decreasing (at probabilities 0, 1/(n-1), ..., 1)."""
+    ok = len(table) >= 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                 and math.isfinite(v) for v in table)
+    if not ok or any(b < a for a, b in zip(table, table[1:])):
+        raise ConfigError(f"timing_quantiles: worker {worker}'s table must be at least 2 finite numbers > 0 in "
+                          f"non-decreasing order, got {list(table)!r}")
 
 
 def _worker_index(what: str, worker: Any, workers: int) -> None:

@@ -73,11 +73,14 @@ def settings_from_toml(raw: dict[str, Any], source: str) -> dict[str, Any]:
         if "failures" in values:
             values["failures"] = tuple((int(f[0]), float(f[1]), None if len(f) < 3 or f[2] is None else float(f[2]))
                                        for f in values["failures"])        # [worker, fail_at(, rejoin_at)]
-        for key in ("speeds", "lr_milestones"):
+        for key in ("speeds", "lr_milestones", "jitters"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
+        if "timing_quantiles" in values:
+            values["timing_quantiles"] = tuple(tuple(float(v) for v in row) for row in values["timing_quantiles"])
     except (TypeError, ValueError, AttributeError, IndexError):
-        raise ConfigError(f"{source}: malformed stragglers/failures/speeds/lr_milestones") from None
+        raise ConfigError(f"{source}: malformed stragglers/failures/speeds/lr_milestones/jitters/"
+                          f"timing_quantiles") from None
     return values
 
 

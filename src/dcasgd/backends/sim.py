@@ -5,12 +5,16 @@ real: worker m computes it on its own mini-batch at exactly the weights it
 pulled; only the clock is simulated.  One gradient cycle of worker m takes::
 
     comm_time (pull) + compute_time(m) + comm_time (push)        simulated seconds
-    compute_time(m) = base_time * speed[m] * straggler[m] * exp(jitter * z),  z ~ N(0, 1)
+    compute_time(m) = base_time * speed[m] * straggler[m] * noise
 
-where ``speed`` comes from ``--speeds`` or is drawn ``exp(hetero_sigma * z)``
-per worker, and ``z`` is drawn from a numpy Generator seeded by the run's
-seed, so a seed fixes every bit.  ``--replay FILE`` takes compute times from
-a recorded trace instead (see :func:`load_trace`).
+with the noise and the speeds of the timing model
+(:mod:`dcasgd.engine.timing`: lognormal ``exp(jitter * z)`` by default, or
+per-worker jitters, or per-worker empirical quantiles that ``dcasgd fit``
+measures on a real run), drawn from a numpy Generator seeded by the run's
+seed, so a seed fixes every bit.  ``--replay FILE`` takes each worker's whole
+cycles from a recorded trace instead.  With a run directory the simulator
+writes ``trace.jsonl`` in the Ray backend's format, so a simulated run can be
+replayed too.
 
 An event queue orders finish, failure and rejoin events by (time, sequence
 number); ties go to the earlier-scheduled event, so equal-speed workers run
@@ -38,9 +42,10 @@ have taken) and it does not advance the worker's clock (the dropout key).  So
 the batches and keys are those of the applied gradients, and ``ringmaster:R``
 with R above every delay is ``async`` bit for bit.
 
-What is the simulator's own: the event heap, the clock and the timing model.
-Evaluations, metrics lines, staleness statistics, events and the summary go
-through the shared :class:`~dcasgd.engine.recorder.Recorder`.
+What is the simulator's own: the event heap and the clock (the timing model is
+:mod:`dcasgd.engine.timing`'s).  Evaluations, metrics lines, staleness
+statistics, events and the summary go through the shared
+:class:`~dcasgd.engine.recorder.Recorder`.
 """
 
 from __future__ import annotations
@@ -54,7 +59,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ..compute.flat import FlatModel
@@ -63,76 +67,19 @@ from ..config import TrainConfig
 from ..core.consistency import APPLY, CANCEL, PointBatch, SyncBarrier, parse_consistency
 from ..core.kernels import all_finite
 from ..core.server import NonFiniteUpdate, PushRejected, ServerCore
-from ..errors import InputError, RunFailed
+from ..errors import RunFailed
 from ..engine.context import RunContext, open_run_dir, prepare_run, write_summary
 from ..engine.probe import CompensationProbe
 from ..engine.recorder import Recorder
 from ..engine.resume import (check_resumable, check_same_run, check_thread_count, load_resume_checkpoint,
                              metrics_prefix_problem)
 from ..engine.signals import STOP, signal_name
-from ..engine.speeds import worker_speeds
+from ..engine.timing import TraceError, Timing, load_trace, trace_record  # noqa: F401 (TraceError, load_trace: as before)
 from ..io.checkpoint import CheckpointError, save_checkpoint
+from ..io.metrics import MetricsWriter
 
 FINISH, FAIL, REJOIN = "finish", "fail", "rejoin"
 SIM_STATE_FORMAT = "dcasgd.sim/2"
-
-
-class TraceError(InputError):
-    """A replay trace that is missing, malformed or lacks a worker."""
-
-
-def load_trace(path: str | Path, num_workers: int) -> list[list[float]]:
-    """Per-worker compute durations from a JSONL trace.
-
-    Each line is an object with ``worker`` (int) and ``duration_s`` (compute
-    seconds of one gradient, > 0); other keys (a Ray run also records
-    ``seq``, ``base_version``, ``version``, ``staleness``, ``t_pull``,
-    ``t_push``) are ignored.  Worker m's k-th gradient in the simulation takes
-    its k-th recorded duration, cycling when the trace runs out.
-    """
-    durations: list[list[float]] = [[] for _ in range(num_workers)]
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise TraceError(f"replay trace {path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"replay trace {path}: not a text file of JSON lines") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            worker, duration = int(record["worker"]), float(record["duration_s"])
-        except (ValueError, KeyError, TypeError):
-            raise TraceError(f"replay trace {path}, line {number}: need an object with "
-                             f"'worker' and 'duration_s'") from None
-        if not 0 <= worker < num_workers or not (duration > 0 and math.isfinite(duration)):
-            continue  # other workers of a larger run, or a marker line
-        durations[worker].append(duration)
-    missing = [m for m, d in enumerate(durations) if not d]
-    if missing:
-        raise TraceError(f"replay trace {path} has no durations for worker(s) {missing}")
-    return durations
-
-
-class Timing:
-    """Compute time of each gradient: the model above, or a replayed trace."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.rng = np.random.default_rng(cfg.seed)
-        self.speed = worker_speeds(cfg, self.rng)
-        self.base_time, self.jitter = cfg.base_time, cfg.jitter
-        self.trace = load_trace(cfg.replay, cfg.workers) if cfg.replay else None
-        self.drawn = [0] * cfg.workers
-
-    def compute_time(self, worker: int) -> float:
-        k = self.drawn[worker]
-        self.drawn[worker] += 1
-        if self.trace is not None:
-            return self.trace[worker][k % len(self.trace[worker])]
-        noise = math.exp(self.jitter * self.rng.standard_normal()) if self.jitter > 0 else 1.0
-        return self.base_time * self.speed[worker] * noise
 
 
 @dataclass
@@ -149,7 +96,9 @@ class SimWorker:
     alive: bool = True
     generation: int = 0      # bumped on failure or cancellation: invalidates the in-flight finish event
     waiting_since: float | None = None
-    started: float = 0.0     # when the job in flight started (simulated s): a dropped job wastes now - started
+    ready_at: float = 0.0    # when it last became free to start a gradient (its push, or the start)
+    cycle: dict[str, float] | None = None   # the parts of the cycle in progress
+    started_at: float = 0.0  # when the job in flight started (simulated s): a dropped job wastes now - started_at
 
 
 @dataclass
@@ -204,6 +153,7 @@ class Simulator:
         self._checkpoint_due = False
         self.threads_history: list[int] = []           # torch threads of the earlier segments (resumed runs)
         self.resume_record: dict[str, Any] = {}         # what a resume adds to the summary
+        self.trace: MetricsWriter | None = None       # trace.jsonl (with a run directory)
 
     @property
     def metrics(self) -> Any:
@@ -234,7 +184,6 @@ class Simulator:
             w.waiting_since = self.now
             return
         w.start_clock_gap = w.clock - min(live_clocks)
-        w.started = self.now
         if self._backup_is_pulled_copy:
             # the server's float32 backup of this worker IS the copy it pulled, and it only
             # changes at this worker's next pull: hold it instead of a second copy
@@ -243,8 +192,8 @@ class Simulator:
         else:
             w.weights, w.base_version = self.server.pull(w.index)
         w.buffers = self.server_buffers.clone()
-        cycle = self.cfg.comm_time + self.timing.compute_time(w.index) + self.cfg.comm_time
-        self._schedule(self.now + cycle, FINISH, w.index, w.generation)
+        w.cycle, w.started_at = self.timing.cycle(w.index), self.now
+        self._schedule(self.now + w.cycle["cycle_s"], FINISH, w.index, w.generation)
 
     def _start_sync_round(self) -> None:
         live = self._live()
@@ -264,7 +213,8 @@ class Simulator:
         count it and the simulated time it spent; its finish event, if still due, is skipped."""
         w.generation += 1
         (self.cancelled if verdict == CANCEL else self.discarded)[w.index] += 1
-        self.wasted_s[w.index] += self.now - w.started
+        self.wasted_s[w.index] += self.now - w.started_at
+        self._trace_cycle(w)
 
     def _cancel_and_restart(self, workers: list[SimWorker]) -> None:
         """Cancel these workers' jobs in flight; each restarts at the current weights now."""
@@ -361,6 +311,7 @@ class Simulator:
             return False
         except PushRejected as exc:
             self._log_event("push_refused", w.index, reason=str(exc))
+            self._trace_cycle(w)
             self._start(w)
             return False
         return True
@@ -399,13 +350,28 @@ class Simulator:
             self._start_rennala_step()
 
     def _record_update(self, w: SimWorker, staleness: int, loss: float, clock: int) -> None:
-        self.recorder.update(version=self.server.version + self.consistency.same_point, worker=w.index,
-                             staleness=staleness, loss=loss, time_s=self.now, epoch=self.epoch, clock=clock,
-                             clock_gap=w.start_clock_gap)
+        version = self.server.version + self.consistency.same_point
+        self.recorder.update(version=version, worker=w.index, staleness=staleness, loss=loss, time_s=self.now,
+                             epoch=self.epoch, clock=clock, clock_gap=w.start_clock_gap)
+        self._trace_cycle(w, version, staleness)
+        w.ready_at = self.now
+
+    def _trace_cycle(self, w: SimWorker, version: int | None = None, staleness: int | None = None) -> None:
+        """The trace line of w's cycle in progress: the line the Ray backend writes for an applied push, or
+        (``version`` None) a cycle never applied (refused, dropped, cut short by a failure, or in flight at
+        the end), so that a replay draws exactly the cycles this run drew."""
+        if self.trace is not None and w.cycle is not None:
+            self.trace.append(trace_record({
+                "worker": w.index, "seq": self.timing.drawn[w.index], "base_version": w.base_version,
+                "version": version, "staleness": staleness, "t_pull": w.started_at,
+                "t_push": self.now if version is not None else None, "duration_s": w.cycle["compute_s"],
+                **w.cycle, "wait_s": w.started_at - w.ready_at}))
+        w.cycle = None
 
     def _on_fail(self, w: SimWorker) -> None:
         if not w.alive:
             return
+        self._trace_cycle(w)
         w.alive, w.generation, w.waiting_since = False, w.generation + 1, None
         self._log_event("worker_failed", w.index)
         if self.rounds:
@@ -419,7 +385,7 @@ class Simulator:
         if w.alive:
             return
         live = self._live()
-        w.alive = True
+        w.alive, w.ready_at = True, self.now
         w.clock = min((o.clock for o in live), default=w.clock)   # rejoin at the slowest live clock
         self._log_event("worker_rejoined", w.index)
         if self.rounds:
@@ -486,6 +452,7 @@ class Simulator:
         if resume is not None:
             self._resume(self.ctx.resume_dir, *resume)
         else:
+            self._open_trace(append=False)
             self.recorder.open(lr=lambda: self.server.lr)
             self._evaluate()                               # error at epoch 0
             for worker, at, rejoin in cfg.failures:
@@ -518,12 +485,16 @@ class Simulator:
                                                              outcome, "stop_after_updates"))
         elif outcome == "no_live_workers":
             self._log_event("stopped_no_live_workers", -1)
+        for w in self.workers:
+            self._trace_cycle(w)                           # the cycles still in flight (after the checkpoint)
         if self.diverged:
             self.recorder.mark_diverged(self.server.version)
         if self.recorder.evals[-1]["version"] != self.server.version:
             self._evaluate()
         self.recorder.show_progress(self.epoch, self.server.version, force=True)
         self.recorder.close()
+        if self.trace is not None:
+            self.trace.close()
         summary = write_summary(self.ctx.out, self._summary(outcome))
         return SimResult(summary, self.server.weights.clone(), self.server_buffers.clone(),
                          self.recorder.metrics.records)
@@ -580,7 +551,8 @@ class Simulator:
             "workers": [{"weights": None if w.weights is None else w.weights.clone(), "buffers": w.buffers,
                          "base_version": w.base_version, "clock": w.clock, "start_clock_gap": w.start_clock_gap,
                          "alive": w.alive, "generation": w.generation, "waiting_since": w.waiting_since,
-                         "started": w.started, "stream": w.stream.state_dict()} for w in self.workers],
+                         "ready_at": w.ready_at, "cycle": w.cycle, "started_at": w.started_at,
+                         "stream": w.stream.state_dict()} for w in self.workers],
             "events": [[e.time, e.seq, e.kind, e.worker, e.generation] for e in self.events],
             "barrier": {"expected": sorted(self.barrier.expected), "received": list(self.barrier.received),
                         "total": self.barrier.total, "quorum": self.barrier.quorum},
@@ -592,6 +564,7 @@ class Simulator:
             "probe": self.probe.state_dict() if hasattr(self.probe, "state_dict") else None,
             "scalars": {"seq": self.seq, "now": self.now, "samples": self.samples, "gradients": self.gradients},
             "metrics": self.metrics.mark(),             # length and SHA-256 of metrics.jsonl, fsynced first
+            "trace": self.trace.mark() if self.trace is not None else None,
             "run_id": self.ctx.run_id,
             "torch_threads": torch.get_num_threads(),
             "torch_threads_history": self.threads_history + [torch.get_num_threads()],
@@ -607,7 +580,7 @@ class Simulator:
             w.weights, w.buffers, w.base_version = ws["weights"], ws["buffers"], ws["base_version"]
             w.clock, w.start_clock_gap, w.alive = ws["clock"], ws["start_clock_gap"], ws["alive"]
             w.generation, w.waiting_since = ws["generation"], ws["waiting_since"]
-            w.started = ws.get("started", 0.0)
+            w.ready_at, w.cycle, w.started_at = ws.get("ready_at", 0.0), ws.get("cycle"), ws.get("started_at", 0.0)
             w.stream.load_state_dict(ws["stream"])
         self.events = [Event(*e) for e in sd["events"]]
         heapq.heapify(self.events)
@@ -655,26 +628,43 @@ class Simulator:
         self.threads_history = list(sd.get("torch_threads_history") or [])
         if any(count != torch.get_num_threads() for count in self.threads_history):
             self.resume_record["torch_threads_history"] = self.threads_history + [torch.get_num_threads()]
-        mark = sd.get("metrics") or {"bytes": sd["metrics_bytes"], "sha256": None}
-        metrics_path = self.ctx.out / "metrics.jsonl"
-        source = directory / "metrics.jsonl"
-        problem = metrics_prefix_problem(source, mark)
-        if source.resolve() == metrics_path.resolve():
-            if problem:
-                raise CheckpointError(f"cannot resume {directory} in place: {problem}; to go on from checkpoint "
+        self._continue_histories(directory, path, sd)
+        self._open_trace(append=True)
+        self.recorder.open(lr=lambda: self.server.lr, append=True)
+
+    def _continue_histories(self, directory: Path, path: Path, sd: dict[str, Any]) -> None:
+        """metrics.jsonl and trace.jsonl go on from the bytes the checkpoint recorded (length and SHA-256).
+
+        When a file no longer holds them, resuming in place is refused; a resume into a new ``--out``
+        starts both files afresh there (``history_from_version`` in the summary).
+        """
+        marks = {"metrics.jsonl": sd.get("metrics") or {"bytes": sd["metrics_bytes"], "sha256": None},
+                 "trace.jsonl": sd.get("trace") or (None if sd.get("trace_bytes") is None
+                                                    else {"bytes": sd["trace_bytes"], "sha256": None})}
+        marks = {name: mark for name, mark in marks.items() if mark is not None}
+        problems = [p for p in (metrics_prefix_problem(directory / name, mark) for name, mark in marks.items()) if p]
+        if directory.resolve() == self.ctx.out.resolve():
+            if problems:
+                raise CheckpointError(f"cannot resume {directory} in place: {problems[0]}; to go on from checkpoint "
                                       f"{path.name} with a fresh history, resume into a new directory: "
                                       f"dcasgd train --resume {shlex.quote(str(directory))} --out NEW")
-            with open(metrics_path, "r+b") as f:
-                f.truncate(mark["bytes"])
-        elif problem:
-            print(f"dcasgd: warning: {problem}; {metrics_path} starts a fresh history at the checkpoint "
+            for name, mark in marks.items():
+                with open(directory / name, "r+b") as f:
+                    f.truncate(mark["bytes"])
+        elif problems:
+            print(f"dcasgd: warning: {problems[0]}; {self.ctx.out} starts a fresh history at the checkpoint "
                   f"(version {self.server.version})", file=sys.stderr)
-            metrics_path.write_bytes(b"")
+            for name in marks:
+                (self.ctx.out / name).write_bytes(b"")
             self.resume_record["history_from_version"] = self.server.version
         else:
-            with open(source, "rb") as f:
-                metrics_path.write_bytes(f.read(mark["bytes"]))
-        self.recorder.open(lr=lambda: self.server.lr, append=True)
+            for name, mark in marks.items():
+                with open(directory / name, "rb") as f:
+                    (self.ctx.out / name).write_bytes(f.read(mark["bytes"]))
+
+    def _open_trace(self, append: bool) -> None:
+        if self.ctx.out is not None:
+            self.trace = MetricsWriter(self.ctx.out / "trace.jsonl", append=append)
 
 
 def run_sim(cfg: TrainConfig, probe: Any = None, task: Any = None) -> SimResult:

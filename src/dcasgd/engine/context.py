@@ -41,7 +41,8 @@ OUTCOMES = ("finished", "stopped", "diverged", "max_refused", "no_live_workers",
 
 # Settings one backend does not use: warned about once, recorded in summary["ignored_settings"].
 IGNORED_BY = {
-    "ray": ("base_time", "jitter", "comm_time", "failures", "replay", "corrupt"),
+    "ray": ("base_time", "jitter", "comm_time", "failures", "replay", "corrupt", "timing", "jitters",
+            "timing_quantiles"),
     "sim": ("servers", "address", "worker_restarts", "device", "connect_timeout"),
 }
 

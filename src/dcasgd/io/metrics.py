@@ -62,7 +62,10 @@ class MetricsWriter:
                 self._file = open(self.path, "ab" if append else "wb")
 
     def write(self, kind: str, **fields: Any) -> None:
-        record = {"kind": kind, **fields}
+        self.append({"kind": kind, **fields})
+
+    def append(self, record: dict[str, Any]) -> None:
+        """One line as it is (``trace.jsonl``'s lines have no ``kind``)."""
         if self._file is None:
             self.records.append(record)
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,6 +25,9 @@ class _Grant:
     clock_gap: int = 0
     members: list[int] = field(default_factory=list)
     probe: bool = False          # also measure the delay compensation for this gradient (--probe-every)
+
+
+REFERENCE_CYCLES = 32             # the reference cycle is the mean of the unslowed workers' last this many
 
 
 class Coordinator:
@@ -49,11 +53,19 @@ class Coordinator:
     and is counted per worker; the worker pulls the current weights with its
     next grant.  In ``msync`` and ``rennala`` a grant is a gradient, not an
     update: the updates are shard 0's version (:attr:`server_version`).
+
+    Emulated slowness: the ``reference_workers`` (the unslowed ones, when
+    some are slowed) report each gradient's cycle (:meth:`observe_cycle`);
+    every grant carries ``ref_cycle_s``, the mean of their last
+    ``REFERENCE_CYCLES`` cycles, which a slowed worker's
+    :class:`~dcasgd.engine.speeds.SlowdownPacer` multiplies by its factor.
+    A grant also says how long this call held the worker: ``wait_s``
+    (consistency waits, checkpoint pauses) and ``held_s`` (evaluation pauses).
     """
 
     def __init__(self, num_workers: int, consistency: str, target_samples: int, stop_after_updates: int = 0,
                  checkpoint_every: int = 0, max_refused: int = 0, start: dict[str, Any] | None = None,
-                 probe_every: int = 0, num_train: int = 1) -> None:
+                 probe_every: int = 0, num_train: int = 1, reference_workers: list[int] | None = None) -> None:
         start = start or {}
         self.M = num_workers
         self.consistency = parse_consistency(consistency)
@@ -101,6 +113,8 @@ class Coordinator:
         self._cond: asyncio.Condition | None = None
         self._attention: asyncio.Event | None = None
         self.timer: Callable[[], float] = time.perf_counter    # seconds, for wait_s (tests set a fake one)
+        self.reference_workers = frozenset(reference_workers or ())
+        self.reference_cycles: deque[float] = deque(maxlen=REFERENCE_CYCLES)
 
     @property
     def cond(self) -> asyncio.Condition:
@@ -145,7 +159,8 @@ class Coordinator:
                 grant = self._decide_sync(worker) if self.sync else self._decide_async(worker)
                 if grant is not None:
                     held = self._held_clock() - held_before
-                    self.wait_s[worker] += (self.timer() - entered) - held
+                    waited = (self.timer() - entered) - held
+                    self.wait_s[worker] += waited
                     self.held_wait_s[worker] += held
                     if not grant.go:
                         self.live.discard(worker)
@@ -153,7 +168,7 @@ class Coordinator:
                         self.waiting.discard(worker)
                         self._attention.set()
                     self.cond.notify_all()
-                    return vars(grant)
+                    return {**vars(grant), "wait_s": waited, "held_s": held, "ref_cycle_s": self.reference_cycle_s}
                 await self.cond.wait()
 
     async def applied(self, worker: int, num_samples: int = 0) -> None:
@@ -172,6 +187,16 @@ class Coordinator:
             self._count_applied(worker)
             self._read_version()
             self.cond.notify_all()
+
+    def observe_cycle(self, worker: int, cycle_s: float | None) -> None:
+        """A gradient of ``worker`` was applied after a cycle of ``cycle_s`` seconds (holds left out)."""
+        if worker in self.reference_workers and cycle_s is not None and cycle_s > 0:
+            self.reference_cycles.append(float(cycle_s))
+
+    @property
+    def reference_cycle_s(self) -> float | None:
+        """The unslowed workers' mean cycle over their last ``REFERENCE_CYCLES`` gradients (None: none yet)."""
+        return sum(self.reference_cycles) / len(self.reference_cycles) if self.reference_cycles else None
 
     def _count_applied(self, worker: int) -> None:
         n = self.unapplied[worker]

@@ -26,7 +26,8 @@ from ...engine.context import RunContext, open_run_dir, prepare_run, write_summa
 from ...engine.probe import CompensationProbe
 from ...engine.recorder import Recorder
 from ...engine.resume import check_resumable, load_resume_checkpoint
-from ...engine.speeds import emulated_slowdowns
+from ...engine.speeds import achieved_slowdowns, emulated_slowdowns, reference_workers
+from ...engine.timing import trace_record
 from ...io.checkpoint import CheckpointError, save_checkpoint
 from .cluster import (SERVER_RESOURCE, WORKER_RESOURCE, RayBackendError, ServerLost, connect_or_explain,
                       local_ray_options, loopback_only)
@@ -165,7 +166,8 @@ class RayRun:
                             "target_samples": self.target_samples, "stop_after_updates": cfg.stop_after_updates,
                             "checkpoint_every": cfg.checkpoint_every, "max_refused": cfg.max_refused,
                             "start": dict(resume["coordinator"]) if resume else None,
-                            "probe_every": cfg.probe_every, "num_train": len(ctx.data.train_y)}
+                            "probe_every": cfg.probe_every, "num_train": len(ctx.data.train_y),
+                            "reference_workers": reference_workers(cfg)}
         # a nested ObjectRef is not resolved for us: shard 0 gets the array itself
         lead = ray.remote(LeadServer).options(max_restarts=0, **server_opts).remote(
             {**shard_args(0), "weights": flat.params.numpy()}, coordinator_args, self.shm_prefix)
@@ -248,6 +250,7 @@ class RayRun:
         self.status: dict[str, Any] = {"refused": [0] * cfg.workers, "wait_s": [0.0] * cfg.workers,
                                        "lost_gradients": [0] * cfg.workers}
         self.durations: list[list[float]] = [[0.0, 0] for _ in range(cfg.workers)]
+        self.cycles: list[list[float]] = [[0.0, 0] for _ in range(cfg.workers)]   # cycle_s sum and count
         self.stop_reason = None
         self.worker_time = {"compute_s": 0.0, "exchange_s": 0.0, "slowdown_s": 0.0, "loop_s": 0.0, "gradients": 0}
         self.told_to_stop: list[int] = []                     # workers whose time is in worker_time
@@ -257,6 +260,7 @@ class RayRun:
             self.recorder.load_state_dict(d["recorder"])
             self.gradients = int(d["gradients"])
             self.durations = [list(x) for x in d["durations"]]
+            self.cycles = [list(x) for x in d.get("cycles", self.cycles)]
             if self.probe is not None and d.get("probe"):
                 self.probe.load_state_dict(d["probe"])
             self.version, self.epoch = int(resume["version"]), float(d["epoch"])
@@ -443,13 +447,14 @@ class RayRun:
             if "duration_s" in r:
                 self.durations[r["worker"]][0] += r["duration_s"]
                 self.durations[r["worker"]][1] += 1
+            if r.get("cycle_s") is not None:
+                self.cycles[r["worker"]][0] += r["cycle_s"]
+                self.cycles[r["worker"]][1] += 1
             self.recorder.update(version=r["version"], worker=r["worker"], staleness=int(r["staleness"]),
                                  loss=r.get("loss"), time_s=r["t_applied"], epoch=r["epoch"],
                                  clock=r.get("clock"), clock_gap=r.get("clock_gap"))
             if self.trace is not None:
-                self.trace.write(json.dumps({k: r.get(k) for k in ("worker", "seq", "base_version", "version",
-                                                                     "staleness", "t_pull", "t_push", "duration_s")},
-                                            sort_keys=True) + "\n")
+                self.trace.write(json.dumps(trace_record(r), sort_keys=True) + "\n")
         if self.trace is not None:
             self.trace.flush()
 
@@ -524,7 +529,7 @@ class RayRun:
             "shards": shard_states,
             "coordinator": self._server_call(a.coordinator.coordinator_state.remote()),
             "driver": {"recorder": self.recorder.state_dict(), "gradients": self.gradients, "epoch": self.epoch,
-                       "durations": self.durations, "elapsed_s": time.time() - self.t0,
+                       "durations": self.durations, "cycles": self.cycles, "elapsed_s": time.time() - self.t0,
                        "probe": self.probe.state_dict() if self.probe is not None else None},
         }
         path = save_checkpoint(self.ctx.out / "checkpoints", state, version, keep=cfg.keep_checkpoints)
@@ -620,6 +625,7 @@ class RayRun:
         staleness = self._staleness()
         means = [s / c if c else None for s, c in self.durations]
         fastest = min((x for x in means if x), default=None)
+        cycle_means = [s / c if c else None for s, c in self.cycles]
         return self.recorder.summary(
             updates=self.version, gradients=self.gradients, epoch=self.epoch, outcome=outcome or self._outcome(),
             backend="ray",
@@ -633,6 +639,8 @@ class RayRun:
             speeds=[x / fastest if (x and fastest) else None for x in means],
             compute_s_per_gradient=means,
             emulated_slowdown=emulated_slowdowns(self.cfg),
+            achieved_slowdown=achieved_slowdowns(cycle_means, emulated_slowdowns(self.cfg)),
+            cycle_s_per_gradient=cycle_means,
             server_bytes_per_param=self.server_bytes / self.flat.num_params,
             servers=self.cfg.servers,
             shard_ranges=[list(r) for r in self.ranges],

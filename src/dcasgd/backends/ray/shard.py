@@ -21,6 +21,7 @@ from ...core.consistency import APPLY, DISCARD, GradientDiscarded, JobCancelled,
 from ...core.kernels import all_finite
 from ...core.server import NonFiniteUpdate, PushRejected, ServerCore
 from ...engine.context import proc_bytes
+from ...engine.timing import CYCLE_PARTS, HOLD_PARTS
 from ...io.checkpoint import CheckpointError
 from . import shm
 from .coordinator import Coordinator
@@ -156,8 +157,8 @@ class ServerShard:
                              "staleness": staleness, "n": num_samples,
                              "epoch": self.samples / self.num_train if self.num_train else 0.0,
                              "t_applied": received, "t_push": meta.get("t_push", received),
-                             **{k: meta[k] for k in ("t_pull", "duration_s", "loss", "clock", "clock_gap", "probe")
-                                if k in meta}})
+                             **{k: meta[k] for k in ("t_pull", "duration_s", "loss", "clock", "clock_gap", "probe",
+                                                     *CYCLE_PARTS, *HOLD_PARTS) if k in meta}})
         return version
 
     def _push_sync(self, worker: int, g: torch.Tensor, base_version: int, num_samples: int,
@@ -399,6 +400,7 @@ class LeadServer:
         # plain code: atomic on the event loop
         version = self.shard.push(worker, seq, base_version, grad, num_samples, meta, buffers, members)
         if seq > before:                                             # applied now, not a retry
+            self.coordinator.observe_cycle(worker, (meta or {}).get("cycle_s"))
             await self.coordinator.applied(worker, num_samples)
         return version
 
@@ -446,7 +448,8 @@ class LeadServer:
         if grant["go"]:
             granted = time.perf_counter()
             pulled = self.shard.pull(worker) if link is None else self._pull_into(worker, link)
-            self.spent["pull_s"] += time.perf_counter() - granted
+            grant["pull_s"] = time.perf_counter() - granted          # the server's part of the pull
+            self.spent["pull_s"] += grant["pull_s"]
         self.spent["steps"] += 1
         self.spent["push_s"] += pushed - started
         return {"report": report, "grant": grant, "pulled": pulled}

@@ -20,7 +20,8 @@ from ...core.kernels import all_finite
 from ...core.rules import make_rule
 from ...core.server import NonFiniteUpdate, PushRejected
 from ...engine.probe import compensation_metrics, effective_lam
-from ...engine.speeds import emulated_pause, emulated_slowdowns
+from ...engine.speeds import SlowdownPacer, emulated_slowdowns
+from ...engine.timing import CycleClock
 from . import shm
 from .shard import _readonly_tensor
 from .transport import PUSH_TIMEOUT_S, pull_all, push_all
@@ -46,10 +47,13 @@ class RayWorker:
     seeded by the run's seed; the weights then come from the server) and loss.
 
     Emulated speeds (``--speeds``, ``--hetero-sigma``, ``--stragglers``): with
-    ``k = speed[m] / min(speed)`` from :func:`dcasgd.engine.speeds.worker_speeds`, the
-    worker sleeps ``(k - 1) * t`` after each round trip (pull, gradient, push)
-    that kept it busy ``t`` seconds, so its round trips take about k times as
-    long as they would (waits for the coordinator are not stretched).
+    ``k = speed[m] / min(speed)`` from :func:`dcasgd.engine.speeds.worker_speeds`,
+    a :class:`~dcasgd.engine.speeds.SlowdownPacer` sleeps before each push so
+    that the worker's whole cycle (pull, gradient, push) is k times the
+    unslowed workers' running mean cycle, which comes with each grant (waits
+    for the coordinator are not stretched).  Each push carries its cycle in
+    parts, measured on this process's clock (:class:`~dcasgd.engine.timing.CycleClock`),
+    for ``trace.jsonl``.
 
     ``hooks`` (tests only): ``compute_delay_s`` sleeps after each gradient (a
     slow worker), ``push_pause_s`` sleeps after the push is sent and before
@@ -98,7 +102,9 @@ class RayWorker:
         report, gradients = None, 0
         spent = {"compute_s": 0.0, "exchange_s": 0.0, "slowdown_s": 0.0, "loop_s": 0.0}   # where the time goes
         loop_start = time.perf_counter()
+        pacer = SlowdownPacer(self.slowdown) if self.slowdown > 1 else None
         batch = self.stream.next()
+        cycle = CycleClock()
         stepped = self._step(generation, None, int(batch.numel()), seq)[1:] if one_call else None
         while True:
             grant, pulled = stepped if stepped is not None else (
@@ -108,6 +114,9 @@ class RayWorker:
                 return {"worker": m, "gradients": gradients, "reason": grant["reason"], **spent}
             t_pull, granted = time.time(), time.perf_counter()
             base = self._receive(pulled) if pulled is not None else self._pull()
+            # the pull: this worker's part, and with one shard the server's (its copy, reported with the grant)
+            pull_s = time.perf_counter() - granted + (grant.get("pull_s", 0.0) if pulled is not None else 0.0)
+            cycle.granted(grant.get("wait_s", 0.0), grant.get("held_s", 0.0), pull_s)
             x, y = self.x.index_select(0, batch), self.y.index_select(0, batch)   # (5x x[batch])
             key = gradient_key(self.cfg.seed, m, grant["clock"])
             started = time.perf_counter()
@@ -121,17 +130,23 @@ class RayWorker:
                 time.sleep(self.hooks["compute_delay_s"])
             duration = time.perf_counter() - started
             spent["compute_s"] += duration
-            if self.slowdown > 1:                                     # an emulated slow worker
-                pause = emulated_pause(self.slowdown, time.perf_counter() - granted)
-                time.sleep(pause)
-                spent["slowdown_s"] += pause
+            cycle.computed(duration)
+            if pacer is not None:                                     # an emulated slow worker
+                asleep = time.perf_counter()
+                time.sleep(pacer.pause(cycle.busy_s(), grant.get("ref_cycle_s")))
+                slept = time.perf_counter() - asleep
+                cycle.slowed(slept)
+                spent["slowdown_s"] += slept
             seq += 1
             probed = bool(grant.get("probe"))
             now = self._pull_now() if probed else None               # the weights this push will meet
-            meta = {"t_pull": t_pull, "t_push": time.time(), "duration_s": max(duration, 1e-9),
-                    "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"],
-                    **({"probe": True} if probed else {})}
             batch_n, batch = int(batch.numel()), self.stream.next()
+            parts = cycle.sent()
+            if pacer is not None:
+                pacer.record(parts["cycle_s"], grant.get("ref_cycle_s"))
+            meta = {"t_pull": t_pull, "t_push": time.time(), "duration_s": max(duration, 1e-9),
+                    "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"], **parts,
+                    **({"probe": True} if probed else {})}
             exchange_start = time.perf_counter()
             if one_call and not probed:
                 push = self._push_message(seq, base, grad, result.buffers.cpu(), batch_n, meta, grant["members"])
