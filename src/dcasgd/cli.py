@@ -26,7 +26,8 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_DIVERGED, EXIT_MAX_REFUSED, EXIT_NO_LIVE_WORKERS, EXIT_INTERRUPTED = 3, 4, 5, 130
 
 EXIT_STATUS_HELP = """exit status:
-  0    the run finished, or stopped where --stop-after-updates asked (continue it with --resume DIR)
+  0    the run finished (its epochs, --time-budget or --target-error; summary.json: ended_by), or stopped
+       where --stop-after-updates asked (continue it with --resume DIR)
   1    the run failed (a server actor died, a worker raised); --resume DIR continues from the last checkpoint
   2    bad input: one 'dcasgd: error:' line names it, and nothing was written
   3    the model diverged (a non-finite gradient or update); summary.json reports chance-level error
@@ -98,7 +99,15 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metric", default=S, metavar="NAME|MODULE:FN",
                    help=f"{', '.join(METRICS)} (default {d.metric}: percent misclassified), or an import path to "
                         "metric(output, target) -> number (a batch mean, lower is better)")
-    g.add_argument("--epochs", type=float, default=S, help=f"passes over the training set (default {d.epochs:g})")
+    g.add_argument("--epochs", type=float, default=S, help=f"passes over the training set (default {d.epochs:g}); "
+                   "with --time-budget, the epoch cap")
+    g.add_argument("--time-budget", type=float, default=S, metavar="SECONDS",
+                   help="stop when the training clock passes this many seconds (simulated; wall seconds of "
+                        "training on Ray), with an evaluation at the budget; under a budget the lr schedule runs "
+                        "to its end at whichever of the budget and --epochs comes first (default 0: none)")
+    g.add_argument("--target-error", type=float, default=S, metavar="ERROR",
+                   help="stop at the first evaluation at or below this error (the metric's units); "
+                        "summary.json records time_to_target_s (default: none)")
     g.add_argument("--batch-size", type=int, default=S, help=f"mini-batch per worker b (default {d.batch_size})")
     g.add_argument("--seed", type=int, default=S, help=f"fixes data order, model init and simulated timing "
                    f"(default {d.seed})")
@@ -239,7 +248,8 @@ def report_outcome(summary: dict[str, Any], out: Path) -> int:
     outcome = summary.get("outcome", "finished")
     if outcome == "finished":
         print(f"final {split} error {error} after {updates} updates "
-              f"(mean staleness {summary['mean_staleness']:.2f}); results in {out}/ (summary.json, metrics.jsonl)")
+              f"(mean staleness {summary['mean_staleness']:.2f}){_ended_by_text(summary)}; "
+              f"results in {out}/ (summary.json, metrics.jsonl)")
         return EXIT_OK
     if outcome == "stopped":
         print(f"stopped after {updates} updates as asked ({split} error {error} there); "
@@ -259,6 +269,17 @@ def report_outcome(summary: dict[str, Any], out: Path) -> int:
     print(f"dcasgd: stopped after {updates} updates: no live workers were left (see worker_events in "
           f"{out}/summary.json)", file=sys.stderr)
     return EXIT_NO_LIVE_WORKERS
+
+
+def _ended_by_text(summary: dict[str, Any]) -> str:
+    """Why a finished run ended, when a target or a time budget ended it (nothing for the epochs)."""
+    ended_by = summary.get("ended_by")
+    if ended_by == "target":
+        return (f", target {summary['target_error']:g} reached at {summary['time_to_target_s']:.6g} s "
+                f"(epoch {summary['target_epoch']:.4g})")
+    if ended_by == "time_budget":
+        return f", at the end of the time budget ({summary['time_budget_s']:g} s)"
+    return ""
 
 
 def _metric_text(summary: dict[str, Any]) -> str:

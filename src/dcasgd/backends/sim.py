@@ -46,6 +46,7 @@ from ..core.consistency import SyncBarrier, parse_consistency
 from ..core.kernels import all_finite
 from ..core.server import NonFiniteUpdate, PushRejected, ServerCore
 from ..errors import InputError
+from ..engine.budget import follow_clock
 from ..engine.context import RunContext, open_run_dir, prepare_run, write_summary
 from ..engine.probe import CompensationProbe
 from ..engine.recorder import Recorder
@@ -169,6 +170,7 @@ class Simulator:
         self.timing = Timing(cfg)
         self.barrier = SyncBarrier()
         self.recorder = Recorder(ctx, self.flat)
+        follow_clock(ctx.schedule, lambda: self.now)    # under a time budget the lr follows the clock too
         self.probe = probe if probe is not None else CompensationProbe.from_config(cfg)
         self.events: list[Event] = []
         self.seq = 0
@@ -359,8 +361,9 @@ class Simulator:
 
     @property
     def finished(self) -> bool:
-        """Training is over: enough samples consumed, or the model diverged."""
-        return self.diverged or self.samples >= self.target_samples
+        """Training is over: enough samples consumed (the epoch cap), the target or the budget reached
+        (:mod:`dcasgd.engine.budget`), or the model diverged."""
+        return self.diverged or self.samples >= self.target_samples or self.recorder.stop.ended_by is not None
 
     @property
     def stop_requested(self) -> bool:
@@ -403,6 +406,10 @@ class Simulator:
         while self.events and not (self.finished or self.stop_requested):
             if self._checkpoint_due:                       # between events: a clean cut
                 self._save_checkpoint()
+            if self.recorder.stop.over_budget(self.events[0].time):
+                self.now = cfg.time_budget                 # the budget ends before the next event
+                self.recorder.stop.end_at_budget()
+                break
             event = heapq.heappop(self.events)
             w = self.workers[event.worker]
             if event.kind == FINISH and (not w.alive or event.generation != w.generation):
@@ -418,8 +425,10 @@ class Simulator:
             self._log_event("stopped_no_live_workers", -1)
         if self.diverged:
             self.recorder.mark_diverged(self.server.version)
-        if self.recorder.evals[-1]["version"] != self.server.version:
-            self._evaluate()
+        last = self.recorder.evals[-1]
+        if last["version"] != self.server.version or (self.recorder.stop.ended_by == "time_budget"
+                                                      and last["time_s"] < self.now):
+            self._evaluate()                               # (under a budget: an evaluation at the budget)
         self.recorder.show_progress(self.epoch, self.server.version, force=True)
         self.recorder.close()
         summary = self.recorder.summary(
