@@ -12,6 +12,7 @@ immediate; the backends and the study tools are imported when a command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -186,7 +187,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--clip-norm", type=float, default=S, help="server-side gradient-norm clipping (0 = off)")
     r = p.add_argument_group("ray (--backend ray)")
     r.add_argument("--servers", type=int, default=S, help="parameter-server shards S (default 1)")
-    r.add_argument("--address", default=S, help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
+    r.add_argument("--address", default=S, help="Ray cluster address (default: start a local Ray on 127.0.0.1); "
+                   "compare with the simulator: run each run as a task on that cluster")
     r.add_argument("--worker-restarts", type=int, default=S, help="times Ray restarts a dead worker (default 0)")
     r.add_argument("--device", choices=DEVICES, default=S, help="worker compute device (default cpu)")
 
@@ -305,7 +307,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"jobs must be an integer >= 1, got {args.jobs}")
     if args.threads < 0:
         raise ConfigError(f"threads must be an integer >= 0, got {args.threads}")
-    record = compare(base, grid, Path(args.run_out), args.jobs, args.threads)
+    # compare's own meaning of two train flags: --time-budget is the study's budget for every cluster, and
+    # with the simulator --address is the Ray cluster that runs the study's runs as tasks
+    if base.time_budget > 0:
+        grid, base = {**grid, "time_budget": base.time_budget}, dataclasses.replace(base, time_budget=0.0)
+    address = base.address if base.backend == "sim" else None
+    base = dataclasses.replace(base, address=None) if address else base
+    record = compare(base, grid, Path(args.run_out), args.jobs, args.threads, address)
     print(f"compare finished: {Path(args.run_out)}/ (chosen learning rates: {record['chosen_lr']}); "
           f"next: dcasgd report {args.run_out}")
     return EXIT_OK
@@ -342,11 +350,16 @@ def _names(text: str) -> list[str]:
 
 COMPARE_HELP = """Run the paper's comparison as a resumable grid of simulated (or Ray) runs under OUT/:
 lr/ (learning rates chosen on a validation split), final/ (every cluster x protocol x momentum
-group, method x workers x seed, test error) and lambda/ (the DC-ASGD-a lam0 sweep).  Protocols:
-tuned (each method's own lr) and paper (sequential SGD's lr for every method).  Clusters
-(homogeneous, lognormal speeds, stragglers) come from the preset's [compare.clusters] table.
-Finished runs are reused when their recorded settings match; stale ones are moved to
-OUT/stale/ and run again.  OUT must not hold a single training run (--overwrite removes it)."""
+group, method x workers x seed, test error) and lambda/ (the DC-ASGD-a lam0 sweep).  Every run of
+a cluster gets the same simulated-time budget (default: the time sequential SGD needs for the
+preset's epochs; --time-budget SECONDS sets it, 0 turns it off) and stops there or at an epoch cap
+(the preset's [compare] epoch_caps, epoch_cap_factor).  Protocols: tuned (each method's own lr,
+and S/m/R of Rennala, m-sync, Ringmaster) and paper (every asynchronous method at ASGD's tuned lr).
+Clusters (homogeneous, lognormal speeds, stragglers) come from the preset's [compare.clusters]
+table.  Runs execute in --jobs local processes, or with --address ADDR (simulator) as tasks on
+that Ray cluster, with the same results.  Finished runs are reused when their recorded settings
+match; stale ones are moved to OUT/stale/ and run again.  OUT must not hold a single training run
+(--overwrite removes it)."""
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -368,7 +381,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                    help="lam0 values for the DC-ASGD-a M=8 sweep (lambda.png)")
     p.add_argument("--ssp-bound", dest="grid_ssp_bound", type=int, default=None, help="S of the ssp method")
     p.add_argument("--protocols", dest="grid_protocols", type=_names, default=None,
-                   help="tuned (each method's own lr), paper (sequential SGD's lr for every method), or both "
+                   help="tuned (each method's own lr), paper (every asynchronous method at ASGD's lr), or both "
                         "(default tuned, or the preset's)")
     p.add_argument("--momenta", dest="grid_momenta", type=_float_list, default=None, metavar="MU1,MU2",
                    help="momentum values, one group each (default 0, or the preset's)")
