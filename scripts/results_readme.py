@@ -169,7 +169,9 @@ def coverage(study: Path, f: dict[str, Any]) -> list[str]:
              f"lr schedule {c['lr_schedule']}, evaluation every {c['eval_every']:g} epochs.",
              f"- **Covered:** methods {names(c['methods'])}; M = {listing(c['workers'])}; seeds "
              f"{listing(c['seeds'])}; clusters {clusters}; momenta {listing(c['momenta'])}; protocols "
-             f"{listing(c['protocols'])}; lr grid {listing(c['lr_grid'])} (times 1 - momentum), chosen on a "
+             f"{listing(c['protocols'])}; lr grid {listing(c['lr_grid'])}"
+             + "".join(f", {k}: {listing(v)}" for k, v in (c.get("lr_grids") or {}).items())
+             + f" (times 1 - momentum), chosen on a "
              f"{c['val_size']}-sample validation split"
              + (f"; λ₀ sweep {listing(c['lam0_grid'])} at M = {c['lambda_workers']}" if c["lam0_grid"] else "")
              + ".",

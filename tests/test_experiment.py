@@ -322,7 +322,7 @@ def test_report_numbers_on_hand_made_summaries(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "12.00 ± 2.00 (n=3, lr 0.1 (largest of grid))" in table
     assert "12.00 ± 1.00 (n=3, lr 0.05)" in table and "9.50 ± 0.50 (n=3, lr 0.025 (smallest of grid))" in table
-    assert "5.50 ± 0.71 s (2/3)" in table and "(0.05, 0.1, 0.2, times 1 - momentum)" in table
+    assert "5.50 ± 0.71 s (2/3)" in table and "(0.05, 0.1, 0.2; times 1 - momentum)" in table
     text = (tmp_path / "findings.md").read_text()
     assert "DC-ASGD-a 9.50 ± 0.50 vs ASGD 12.00 ± 1.00: lower, clearly" in text
     assert "M=4: DC-ASGD-a (1 of 2) up to lr 0.1 (the top of the grid); diverged at the top lr: ASGD" in text

@@ -192,3 +192,19 @@ def test_compare_on_a_two_node_ray_cluster_gives_the_runs_of_local_jobs(tmp_path
             k: v for k, v in summary_local.items() if k not in wall}
     record = json.loads((remote / "compare.json").read_text())
     assert record["chosen"] == json.loads((local / "compare.json").read_text())["chosen"]
+
+
+def test_learning_rates_per_method_and_m_and_bad_keys():
+    from dcasgd.study.compare import lr_grid, lr_values, study_grid
+    grid = {**DEFAULT_GRID, "lr_grid": [0.1], "lr_grids": {"asgd@16": [0.01, 0.02], "asgd": [0.05], "@16": [0.3]}}
+    assert lr_values(grid, "asgd", 16) == [0.01, 0.02]          # method@M first, then method, then @M
+    assert lr_values(grid, "asgd", 4) == [0.05]
+    assert lr_values(grid, "dana", 16) == [0.3]
+    assert lr_values(grid, "dana", 4) == [0.1]
+    assert lr_grid(grid, 0.9, "asgd", 16) == [0.001, 0.002]
+    grid = {**grid, "methods": ["asgd", "dana"], "workers": [4, 16], "seeds": [0], "lam0_grid": []}
+    assert sorted(j.out.name for j in lr_jobs(grid, Path("x"))) == [
+        "asgd-M16-lr0.01", "asgd-M16-lr0.02", "asgd-M4-lr0.05", "dana-M16-lr0.3", "dana-M4-lr0.1"]
+    for bad in ({"sgd@4": [0.1]}, {"asgd@x": [0.1]}, {"asgd": []}, {"@4": [-1.0]}):
+        with pytest.raises(ConfigError, match="lr_grids|learning rates"):
+            study_grid(None, {"lr_grids": bad}, None)

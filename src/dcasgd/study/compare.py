@@ -8,7 +8,11 @@ a protocol, and a momentum.  Under ``OUT/``:
    learning rate (and of a method's own hyperparameter ``p``: Rennala's S,
    m-sync's m, Ringmaster's R) on a validation split held out from the
    training set (``val_size`` samples), first seed only; the pair with the
-   lowest final validation error wins (ties: the smaller lr, then the smaller p);
+   lowest final validation error wins (ties: the smaller lr, then the smaller p).
+   The learning rates are ``lr_grid``, or per method and M ``lr_grids`` (keys
+   ``"method@M"``, ``"method"``, ``"@M"``, the first given wins), times
+   ``1 - momentum``; ``rennala_s``, ``msync_m``, ``ringmaster_r`` are lists,
+   or tables of M -> list;
 2. ``final/<cluster>-<protocol>-mom<mu>/<method>-M<M>-s<seed>``: every method,
    M and seed at its chosen settings, measured on the test set;
 3. ``lambda/<group>/lam0-<v>``: DC-ASGD-a over ``lam0_grid`` at M =
@@ -27,7 +31,8 @@ sequential SGD's time per seed and the cap per M.
 - ``tuned``: each (method, M) its own learning rate (and hyperparameter) from the grids.
 - ``paper``: every asynchronous method at ASGD's tuned learning rate for the
   same M, as Zheng et al. (2017) kept ASGD's hyperparameters for DC-ASGD; a
-  method's own hyperparameter (Ringmaster's R) is the best at that lr.  The
+  method's own hyperparameter (Ringmaster's R) is the best at that lr (its
+  tuned one where its lr grid lacks that lr).  The
   synchronous methods (sequential SGD, SSGD, m-sync, Rennala: :data:`SYNCHRONOUS`),
   which average gradients taken at one point, keep their own tuned settings.
   The question it asks: at the step size that suits plain ASGD, does a method
@@ -147,6 +152,8 @@ def param_values(grid: dict[str, Any], method: str, workers: int) -> list[int | 
     if method not in PARAMETER:
         return [None]
     values = grid[PARAMETER[method][0]]
+    if isinstance(values, dict):                 # a table of M -> values
+        values = values.get(str(workers), [])
     values = values if isinstance(values, list) else [values]
     if method == "msync":
         values = [max(1, round(v * workers)) if isinstance(v, float) and v < 1 else int(v) for v in values]
@@ -232,9 +239,25 @@ def pairs(grid: dict[str, Any]) -> list[tuple[str, int]]:
             if (m == "sequential") == (w == 1) and param_values(grid, m, w)]
 
 
-def lr_grid(grid: dict[str, Any], momentum: float) -> list[float]:
-    """The learning rates searched at this momentum: ``lr_grid * (1 - momentum)``."""
-    return [round(lr * (1.0 - momentum), 12) for lr in grid["lr_grid"]]
+def lr_values(grid: dict[str, Any], method: str | None = None, workers: int | None = None) -> list[float]:
+    """The learning rates searched for ``method`` at M = ``workers`` at momentum 0: the first of
+    ``lr_grids["method@M"]``, ``lr_grids["method"]``, ``lr_grids["@M"]`` that is given, else ``lr_grid``."""
+    table = grid.get("lr_grids") or {}
+    for key in (f"{method}@{workers}", method, f"@{workers}"):
+        if key in table:
+            return list(table[key])
+    return list(grid["lr_grid"])
+
+
+def lr_grid(grid: dict[str, Any], momentum: float, method: str | None = None,
+            workers: int | None = None) -> list[float]:
+    """The learning rates searched at this momentum: :func:`lr_values` ``* (1 - momentum)``."""
+    return [round(lr * (1.0 - momentum), 12) for lr in lr_values(grid, method, workers)]
+
+
+def all_lr_values(grid: dict[str, Any]) -> list[float]:
+    """Every learning rate of the study's grids at momentum 0, ascending."""
+    return sorted({lr for values in [grid["lr_grid"], *(grid.get("lr_grids") or {}).values()] for lr in values})
 
 
 LrKey = tuple[str, str, int]               # (group.lr_name, method, M)
@@ -263,7 +286,7 @@ def lr_jobs(grid: dict[str, Any], out: Path) -> list[Job]:
             if group.protocol == "tuned" or method in SYNCHRONOUS or method == "asgd" or method in PARAMETER:
                 needed[(lr_group, method, workers)] = None
     return [Job("lr", g, m, w, grid["seeds"][0], lr, out / "lr" / g.lr_name / _lr_run_name(m, w, lr, p), param=p)
-            for g, m, w in needed for lr in lr_grid(grid, g.momentum) for p in param_values(grid, m, w)]
+            for g, m, w in needed for lr in lr_grid(grid, g.momentum, m, w) for p in param_values(grid, m, w)]
 
 
 def choose(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[SettingKey, Choice]:
@@ -299,10 +322,10 @@ def choose(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[SettingKe
             asgd = chosen.get(("tuned", lr_name, "asgd", workers))
             if method in SYNCHRONOUS or method == "asgd":
                 chosen[("paper", lr_name, method, workers)] = chosen[("tuned", lr_name, method, workers)]
-            elif asgd is not None:
+            elif asgd is not None:               # its own setting: the best at ASGD's lr (else its tuned one)
                 at_asgd_lr = [r for r in runs if r[1] == asgd.lr]
-                chosen[("paper", lr_name, method, workers)] = Choice(asgd.lr, at_asgd_lr[0][2] if at_asgd_lr
-                                                                     else None)
+                own = at_asgd_lr[0][2] if at_asgd_lr else chosen[("tuned", lr_name, method, workers)].param
+                chosen[("paper", lr_name, method, workers)] = Choice(asgd.lr, own)
     return chosen
 
 
@@ -571,7 +594,17 @@ def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | No
     for seed in grid["seeds"]:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"compare: seeds must be integers >= 0, got {seed!r}")
-    for lr in grid["lr_grid"]:
+    lr_grids = grid.get("lr_grids") or {}
+    if not isinstance(lr_grids, dict):
+        raise ConfigError(f"compare: lr_grids must be a table of 'method', 'method@M' or '@M' -> learning rates, "
+                          f"got {lr_grids!r}")
+    for key, values in lr_grids.items():
+        method, _, workers = key.partition("@")
+        if (method and method not in METHODS) or (workers and not workers.isdigit()) or not (method or workers):
+            raise ConfigError(f"compare: lr_grids key {key!r} is not 'method', 'method@M' or '@M'")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"compare: lr_grids[{key!r}] must be a non-empty list of learning rates")
+    for lr in all_lr_values(grid):
         if not (isinstance(lr, (int, float)) and lr > 0 and lr < float("inf")):
             raise ConfigError(f"compare: learning rates must be finite numbers > 0, got {lr!r}")
     _check_method_settings(grid)
@@ -601,7 +634,9 @@ def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | No
 def _check_method_settings(grid: dict[str, Any]) -> None:
     """rennala_s and ringmaster_r: integers >= 1; msync_m: integers >= 1 or fractions of M in (0, 1)."""
     for key, name in sorted(set(PARAMETER.values())):
-        values = grid[key] if isinstance(grid[key], list) else [grid[key]]
+        given = grid[key]
+        tables = list(given.values()) if isinstance(given, dict) else [given]
+        values = [v for t in tables for v in (t if isinstance(t, list) else [t])]
         for v in values:
             fraction = key == "msync_m" and isinstance(v, float) and 0 < v < 1
             if not fraction and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1 or v != int(v)):

@@ -35,8 +35,8 @@ from ..config import ConfigError, TrainConfig
 from ..errors import InputError
 from ..presets import settings_from_toml
 from .budget import epoch_cap
-from .compare import (DEFAULT_GRID, METHODS, PROTOCOLS, Choice, Group, SettingKey, choose, current_summary,
-                      finished_run, groups, lr_grid, lr_jobs, method_of, param_of, plan)
+from .compare import (DEFAULT_GRID, METHODS, PROTOCOLS, SYNCHRONOUS, Choice, Group, SettingKey, all_lr_values, choose,
+                      current_summary, finished_run, groups, lr_grid, lr_jobs, method_of, param_of, plan)
 from .speedup import (GOALS, against_ssgd, finish_time, finite_number, first_time_at, goal_facts, recommendations,
                       speedup_facts, stat)
 
@@ -187,7 +187,8 @@ def error_at_time(run: dict[str, Any], when: float) -> float | None:
 
 def _edge(study: Study, group: Group, method: str, workers: int) -> str | None:
     """'smallest' or 'largest' when the lr this cell's lr came from was at an edge of the lr grid."""
-    grid = lr_grid(study.grid, group.momentum)
+    source = method if group.protocol == "tuned" or method in SYNCHRONOUS else "asgd"   # paper: ASGD's lr
+    grid = lr_grid(study.grid, group.momentum, source, workers)
     if len(grid) < 2:
         return None
     chosen = study.chosen.get((group.protocol, group.lr_name, method, workers))
@@ -344,13 +345,14 @@ def stability_facts(study: Study, lr_name: str) -> dict[str, Any]:
     """Largest stable lr per method and M in the lr-selection runs of one cluster and momentum."""
     by_key = study.lr_runs[lr_name]
     momentum = next(g.momentum for g in groups(study.grid) if g.lr_name == lr_name)
-    grid = lr_grid(study.grid, momentum)
+    grid = [round(lr * (1.0 - momentum), 12) for lr in all_lr_values(study.grid)]     # every lr of the study
     rows = []
     for method in METHODS:
         for w in sorted(study.grid["workers"]):
-            runs = by_key.get((method, w))
+            runs = _best_per_lr(by_key.get((method, w), []))
             if not runs:
                 continue
+            own_grid = lr_grid(study.grid, momentum, method, w)
             errors = [None if r.get("diverged") else r["final_test_error"] for r in runs]
             finite = [e for e in errors if finite_number(e)]
             best = min(finite) if finite else None
@@ -362,8 +364,8 @@ def stability_facts(study: Study, lr_name: str) -> dict[str, Any]:
                          "diverged": [bool(r.get("diverged")) for r in runs],
                          "stable": [r["config"]["lr"] in stable for r in runs], "best_error": best,
                          "best_lr": None if best is None else runs[errors.index(best)]["config"]["lr"],
-                         "max_stable_lr": top, "at_grid_top": top is not None and top == max(grid),
-                         "complete": len(runs) == len(grid)})
+                         "max_stable_lr": top, "at_grid_top": top is not None and top == max(own_grid),
+                         "complete": len(runs) == len(own_grid)})
     most = []
     for w in sorted({r["workers"] for r in rows}):
         at_w = [r for r in rows if r["workers"] == w and r["max_stable_lr"] is not None]
@@ -382,6 +384,20 @@ def stability_facts(study: Study, lr_name: str) -> dict[str, Any]:
             "rows": rows, "most_stable": most}
 
 
+def _best_per_lr(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per lr, by lr: where a method's own setting (S, m, R) was searched too, the best at that lr."""
+    def rank(r: dict[str, Any]) -> float:
+        error = r["final_test_error"]
+        return float("inf") if error is None or r.get("diverged") or not finite_number(error) else error
+
+    best: dict[float, dict[str, Any]] = {}
+    for r in runs:
+        lr = r["config"]["lr"]
+        if lr not in best or rank(r) < rank(best[lr]):
+            best[lr] = r
+    return [best[lr] for lr in sorted(best)]
+
+
 def coverage(study: Study) -> dict[str, Any]:
     grid, base = study.grid, study.meta.get("base_config", {})
     return {
@@ -391,7 +407,8 @@ def coverage(study: Study) -> dict[str, Any]:
         "seeds": list(grid["seeds"]), "clusters": grid["clusters"], "momenta": list(grid["momenta"]),
         "protocols": list(grid["protocols"]), "protocols_left_out": [p for p in PROTOCOLS
                                                                     if p not in grid["protocols"]],
-        "lr_grid": list(grid["lr_grid"]), "val_size": grid["val_size"], "lam0_grid": list(grid.get("lam0_grid") or []),
+        "lr_grid": list(grid["lr_grid"]), "lr_grids": grid.get("lr_grids") or {}, "val_size": grid["val_size"],
+        "lam0_grid": list(grid.get("lam0_grid") or []),
         "lambda_workers": grid.get("lambda_workers"), "ssp_bound": grid.get("ssp_bound"),
         **{key: grid.get(key) for key in ("rennala_s", "msync_m", "ringmaster_r", "time_budget", "budgets",
                                           "sequential_time_s", "epoch_cap_factor", "epoch_caps")},

@@ -167,7 +167,7 @@ def plot_speedup(study: Study, facts: dict[str, Any], path: Path) -> Path:
     fig, axes = _wrapped(max(1, len(groups)))
     for index, g in enumerate(groups):
         ax = axes.flat[index]
-        ideal = [(i["workers"], i["mean"]) for i in g["ideal"] if i["mean"]]
+        ideal = [(1, 1.0)] * (1 in study.grid["workers"]) + [(i["workers"], i["mean"]) for i in g["ideal"] if i["mean"]]
         if ideal:
             ax.plot(*zip(*ideal), color="black", linestyle="--", linewidth=1.5, marker="s", markersize=3,
                     label="throughput ideal")
@@ -182,7 +182,7 @@ def plot_speedup(study: Study, facts: dict[str, Any], path: Path) -> Path:
         ax.axhline(1.0, color="gray", linewidth=0.8)
         ax.set_title(g["name"], fontsize=9)
         _axes_style(ax, "workers M", "speedup over sequential SGD", logx=True)
-        ticks = sorted({r["workers"] for r in g["speedups"]})
+        ticks = sorted({r["workers"] for r in g["speedups"]} | {w for w, _ in ideal})
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
     return _finish(fig, axes, path, "Speedup to sequential SGD's final error versus M (times sooner; mean over the "

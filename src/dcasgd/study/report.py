@@ -300,10 +300,12 @@ def write_tables(numbers: dict[str, Any], out: Path) -> list[Path]:
                              _num(ideal.get(c["workers"], {}).get("mean")), _num(g.get("time_budget_s")),
                              _num(c.get("epochs_done"))])
     if any_edge:
-        lr_grid = numbers["coverage"]["lr_grid"]
+        cov = numbers["coverage"]
+        own = "; per method and M: " + "; ".join(f"{k} {', '.join(f'{v:g}' for v in values)}" for k, values in
+                                                 cov["lr_grids"].items()) if cov.get("lr_grids") else ""
         lines += [f"_(smallest/largest of grid)_: the lr this cell used was chosen on validation at an edge of "
-                  f"the lr grid ({', '.join(f'{v:g}' for v in lr_grid)}, times 1 - momentum), so a wider grid "
-                  f"might do better there.", ""]
+                  f"its lr grid ({', '.join(f'{v:g}' for v in cov['lr_grid'])}{own}; times 1 - momentum), so a "
+                  f"wider grid might do better there.", ""]
     stab_csv = [["lr_group", "cluster", "momentum", "method", "workers", "lr", "validation_error_pct", "diverged",
                  "stable", "max_stable_lr"]]
     if numbers["stability"]:

@@ -112,6 +112,8 @@ def speedup_facts(cells_runs: dict[tuple[str, int], list[dict[str, Any]]], targe
                        "m": stat([s["m"] for s in stars.values()]),
                        "model_speedup": stat([s["model_speedup"] for s in stars.values()])})
     for (method, w), runs in cells_runs.items():
+        if method == "sequential":
+            continue                                          # the reference itself
         speedups, shares = {}, {}
         for r in runs:
             seed, reached = r["config"]["seed"], first_time_at(r, target)
