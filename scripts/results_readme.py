@@ -124,8 +124,7 @@ def budget_lines(c: dict[str, Any]) -> list[str]:
         lines.append("- **Budget:** " + "; ".join(f"`{k}` {v:.0f} simulated s" for k, v in budgets.items())
                      + " (" + ("sequential SGD's time for the epochs, the slowest seed" if c.get("time_budget")
                                == "sequential" else "given") + ")"
-                     + (f"; epoch cap per M: {', '.join(f'M={w}: {e:g}' for w, e in caps.items())}" if caps else "")
-                     + ".")
+                     + (f"; epoch cap per M: {cap_text(caps)}" if caps else "") + ".")
     searched = (("rennala_s", "Rennala's S", ("rennala",)), ("msync_m", "m-sync's m (below 1: a fraction of M)",
                                                              ("msync",)),
                 ("ringmaster_r", "Ringmaster's R", ("ringmaster", "ringmaster-stop")))
@@ -136,6 +135,17 @@ def budget_lines(c: dict[str, Any]) -> list[str]:
     for d in c.get("dropped") or []:
         lines.append(f"- **Not run:** {d['what']}: {d['why']}.")
     return lines
+
+
+def cap_text(caps: dict[str, dict[str, float]]) -> str:
+    """Epoch caps per cluster and M, once when every cluster has the same."""
+    def one(table: dict[str, float]) -> str:
+        return ", ".join(f"M={w}: {e:g}" for w, e in table.items())
+
+    tables = list(caps.values())
+    if all(t == tables[0] for t in tables):
+        return one(tables[0])
+    return "; ".join(f"`{c}` {one(t)}" for c, t in caps.items())
 
 
 def times(mean: float | None, std: float | None, n: int = 2) -> str:

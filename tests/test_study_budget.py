@@ -46,7 +46,7 @@ def test_every_run_of_a_cluster_gets_sequential_sgds_time_as_its_budget(tmp_path
     record = json.loads((out / "compare.json").read_text())
     assert record["grid"]["budgets"] == {"lognormal": budget}
     assert record["grid"]["sequential_time_s"]["lognormal"] == {str(k): v for k, v in times.items()}
-    assert record["epoch_cap_per_workers"] == {"1": 1.0, "4": 4.0}
+    assert record["epoch_cap_per_workers"] == {"lognormal": {"1": 1.0, "4": 4.0}}
     asgd = [s for p, s in runs.items() if p.parts[0] == "final" and p.name.startswith("asgd")]
     assert all(s["sim_time_s"] <= budget and s["ended_by"] in ("epochs", "time_budget") for s in asgd)
 
@@ -91,7 +91,7 @@ def test_m_sync_runs_only_m_below_m_and_says_so():
     assert param_values(grid, "rennala", 4) == [2, 4, 8]       # any S (one worker may give several)
     only_4 = {**grid, "msync_m": [4]}
     assert param_values(only_4, "msync", 4) == [] and ("msync", 4) not in pairs(only_4)
-    assert {"what": "msync at M = 4", "why": "no m of msync_m [4] is below M (m = M is SSGD)"} in dropped(only_4)
+    assert {"what": "msync at M = 4", "why": "no m of msync_m [4] for M = 4 below M (m = M is SSGD)"} in dropped(only_4)
 
 
 # ---------------------------------------------------------------- the paper protocol
@@ -208,3 +208,20 @@ def test_learning_rates_per_method_and_m_and_bad_keys():
     for bad in ({"sgd@4": [0.1]}, {"asgd@x": [0.1]}, {"asgd": []}, {"@4": [-1.0]}):
         with pytest.raises(ConfigError, match="lr_grids|learning rates"):
             study_grid(None, {"lr_grids": bad}, None)
+
+
+def test_a_cluster_can_have_its_own_grids_and_epoch_caps():
+    from dcasgd.study.compare import budget_settings, study_grid
+    grid = {**DEFAULT_GRID, "methods": ["asgd"], "workers": [4], "seeds": [0], "lam0_grid": [], "lr_grid": [0.1, 0.2],
+            "clusters": {"homogeneous": {}, "lognormal": {"hetero_sigma": 0.5}},
+            "cluster_grids": {"homogeneous": {"lr_grid": [0.1], "epoch_caps": {"4": 2}}},
+            "budgets": {"homogeneous": 10.0, "lognormal": 10.0}}
+    assert {(j.group.cluster, j.lr) for j in lr_jobs(grid, Path("x"))} == {
+        ("homogeneous", 0.1), ("lognormal", 0.1), ("lognormal", 0.2)}
+    base = TrainConfig(dataset="synthetic", epochs=1)
+    assert budget_settings(grid, base, "homogeneous", 4) == {"time_budget": 10.0, "epochs": 2.0}
+    assert budget_settings(grid, base, "lognormal", 4) == {"time_budget": 10.0, "epochs": 4.0}   # 1 x min(4, 4)
+    with pytest.raises(ConfigError, match="cluster_grids"):
+        study_grid(None, {"cluster_grids": {"nope": {"lr_grid": [0.1]}}}, None)
+    with pytest.raises(ConfigError, match="cluster_grids"):
+        study_grid(None, {"cluster_grids": {"homogeneous": {"seeds": [1]}}}, None)

@@ -12,7 +12,8 @@ a protocol, and a momentum.  Under ``OUT/``:
    The learning rates are ``lr_grid``, or per method and M ``lr_grids`` (keys
    ``"method@M"``, ``"method"``, ``"@M"``, the first given wins), times
    ``1 - momentum``; ``rennala_s``, ``msync_m``, ``ringmaster_r`` are lists,
-   or tables of M -> list;
+   or tables of M -> list.  ``cluster_grids`` (a table of cluster -> keys of
+   :data:`CLUSTER_KEYS`) gives one cluster other grids and epoch caps;
 2. ``final/<cluster>-<protocol>-mom<mu>/<method>-M<M>-s<seed>``: every method,
    M and seed at its chosen settings, measured on the test set;
 3. ``lambda/<group>/lam0-<v>``: DC-ASGD-a over ``lam0_grid`` at M =
@@ -36,7 +37,8 @@ sequential SGD's time per seed and the cap per M.
   synchronous methods (sequential SGD, SSGD, m-sync, Rennala: :data:`SYNCHRONOUS`),
   which average gradients taken at one point, keep their own tuned settings.
   The question it asks: at the step size that suits plain ASGD, does a method
-  do better?
+  do better?  ``paper_methods`` (default: all) limits the methods it runs;
+  the others are recorded as not run.
 
 **Momentum** (``momenta``): each value is a group; the lr grid is scaled by
 ``1 - momentum`` for it, so the effective step ``lr / (1 - momentum)`` covers
@@ -183,6 +185,16 @@ def groups(grid: dict[str, Any]) -> list[Group]:
     return [Group(c, p, float(m)) for c in grid["clusters"] for p in grid["protocols"] for m in grid["momenta"]]
 
 
+CLUSTER_KEYS = ("lr_grid", "lr_grids", "rennala_s", "msync_m", "ringmaster_r", "epoch_caps", "epoch_cap_factor")
+
+
+def cluster_grid(grid: dict[str, Any], cluster: str) -> dict[str, Any]:
+    """The grid as the runs of ``cluster`` see it: ``cluster_grids[cluster]`` replaces any of
+    :data:`CLUSTER_KEYS` (lr grids, S/m/R grids, epoch caps), so a study can spend its runs where
+    methods differ."""
+    return {**grid, **(grid.get("cluster_grids") or {}).get(cluster, {})}
+
+
 @dataclass(frozen=True)
 class Job:
     phase: str            # "lr", "final" or "lambda"
@@ -225,17 +237,21 @@ def budget_settings(grid: dict[str, Any], base: TrainConfig, cluster: str, worke
     budget = float((grid.get("budgets") or {}).get(cluster, 0.0))
     if budget <= 0:
         return {}
-    return {"time_budget": budget, "epochs": epoch_cap(grid, base.epochs, workers)}
+    return {"time_budget": budget, "epochs": epoch_cap(cluster_grid(grid, cluster), base.epochs, workers)}
 
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def pairs(grid: dict[str, Any]) -> list[tuple[str, int]]:
+def pairs(grid: dict[str, Any], protocol: str = "tuned") -> list[tuple[str, int]]:
     """(method, M) of the study: sequential at M = 1 only, every other method at the other Ms where it has a
-    setting to run (what is left out is in :func:`dropped`)."""
-    return [(m, w) for m in grid["methods"] for w in grid["workers"]
+    setting to run; under ``paper`` only the methods of ``paper_methods`` where given (what is left out is in
+    :func:`dropped`)."""
+    methods = grid["methods"]
+    if protocol == "paper" and grid.get("paper_methods") is not None:
+        methods = [m for m in methods if m in grid["paper_methods"]]
+    return [(m, w) for m in methods for w in grid["workers"]
             if (m == "sequential") == (w == 1) and param_values(grid, m, w)]
 
 
@@ -282,11 +298,15 @@ def lr_jobs(grid: dict[str, Any], out: Path) -> list[Job]:
     needed: dict[tuple[Group, str, int], None] = {}
     for group in groups(grid):
         lr_group = Group(group.cluster, "lr", group.momentum)
-        for method, workers in pairs(grid):
+        for method, workers in pairs(cluster_grid(grid, group.cluster), group.protocol):
             if group.protocol == "tuned" or method in SYNCHRONOUS or method == "asgd" or method in PARAMETER:
                 needed[(lr_group, method, workers)] = None
-    return [Job("lr", g, m, w, grid["seeds"][0], lr, out / "lr" / g.lr_name / _lr_run_name(m, w, lr, p), param=p)
-            for g, m, w in needed for lr in lr_grid(grid, g.momentum, m, w) for p in param_values(grid, m, w)]
+    jobs = []
+    for g, m, w in needed:
+        mine = cluster_grid(grid, g.cluster)
+        jobs += [Job("lr", g, m, w, grid["seeds"][0], lr, out / "lr" / g.lr_name / _lr_run_name(m, w, lr, p), param=p)
+                 for lr in lr_grid(mine, g.momentum, m, w) for p in param_values(mine, m, w)]
+    return jobs
 
 
 def choose(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[SettingKey, Choice]:
@@ -342,7 +362,7 @@ def plan(base: TrainConfig, grid: dict[str, Any], out: Path, chosen: dict[Settin
         return missing
     jobs = []
     for g in groups(grid):
-        for m, w in pairs(grid):
+        for m, w in pairs(cluster_grid(grid, g.cluster), g.protocol):
             choice = chosen[(g.protocol, g.lr_name, m, w)]
             jobs += [Job("final", g, m, w, seed, choice.lr, out / "final" / g.name / f"{m}-M{w}-s{seed}",
                          param=choice.param) for seed in grid["seeds"]]
@@ -370,9 +390,18 @@ def dropped(grid: dict[str, Any]) -> list[dict[str, str]]:
                     "sequential SGD (the same run)"})
     for m in methods:
         for w in workers:
-            if w > 1 and m != "sequential" and not param_values(grid, m, w):
-                out.append({"what": f"{m} at M = {w}", "why": f"no {PARAMETER[m][1]} of {PARAMETER[m][0]} "
-                            f"{grid[PARAMETER[m][0]]} is below M (m = M is SSGD)"})
+            empty = [c for c in grid["clusters"] if not param_values(cluster_grid(grid, c), m, w)]
+            if w > 1 and m != "sequential" and empty:
+                where = "" if len(empty) == len(grid["clusters"]) else f" on cluster {', '.join(empty)}"
+                given = cluster_grid(grid, empty[0])[PARAMETER[m][0]]
+                out.append({"what": f"{m} at M = {w}{where}", "why": f"no {PARAMETER[m][1]} of {PARAMETER[m][0]} "
+                            f"{given} for M = {w}" + (" below M (m = M is SSGD)" if m == "msync" else "")})
+    if "paper" in grid["protocols"] and grid.get("paper_methods") is not None:
+        left = [m for m in methods if m not in grid["paper_methods"]]
+        if left:
+            out.append({"what": f"under the paper protocol: {', '.join(left)}", "why": "not in paper_methods: the "
+                        "study runs the paper protocol for the question it asks (does DC-ASGD beat ASGD at ASGD's "
+                        "lr?) and spends the rest on the tuned groups"})
     lam_m = grid.get("lambda_workers", 8)
     if grid.get("lam0_grid"):
         if "dc-asgd-a" not in methods:
@@ -550,7 +579,8 @@ def _write_record(out: Path, grid: dict[str, Any], chosen: dict[SettingKey, Choi
               "chosen": {f"{p}/{g}/{m}@M{w}": {"lr": c.lr, **({PARAMETER[m][1]: c.param} if c.param is not None
                                                               else {})}
                          for (p, g, m, w), c in sorted(chosen.items())},
-              "epoch_cap_per_workers": ({str(w): epoch_cap(grid, base.epochs, w) for w in grid["workers"]}
+              "epoch_cap_per_workers": ({c: {str(w): epoch_cap(cluster_grid(grid, c), base.epochs, w)
+                                             for w in grid["workers"]} for c in grid["clusters"]}
                                         if budgeted else None),
               "dropped": not_run, "command": "dcasgd " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
               "base_config": base.to_dict(), "finished": finished}
@@ -594,26 +624,16 @@ def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | No
     for seed in grid["seeds"]:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"compare: seeds must be integers >= 0, got {seed!r}")
-    lr_grids = grid.get("lr_grids") or {}
-    if not isinstance(lr_grids, dict):
-        raise ConfigError(f"compare: lr_grids must be a table of 'method', 'method@M' or '@M' -> learning rates, "
-                          f"got {lr_grids!r}")
-    for key, values in lr_grids.items():
-        method, _, workers = key.partition("@")
-        if (method and method not in METHODS) or (workers and not workers.isdigit()) or not (method or workers):
-            raise ConfigError(f"compare: lr_grids key {key!r} is not 'method', 'method@M' or '@M'")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"compare: lr_grids[{key!r}] must be a non-empty list of learning rates")
-    for lr in all_lr_values(grid):
-        if not (isinstance(lr, (int, float)) and lr > 0 and lr < float("inf")):
-            raise ConfigError(f"compare: learning rates must be finite numbers > 0, got {lr!r}")
-    _check_method_settings(grid)
     if grid["val_size"] < 1:
         raise ConfigError("compare needs val_size >= 1: learning rates are chosen on a validation split")
     for protocol in grid["protocols"]:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"compare: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    asynchronous = [m for m in grid["methods"] if m not in SYNCHRONOUS and m != "asgd"]
+    for m in grid.get("paper_methods") or []:
+        if m not in METHODS:
+            raise ConfigError(f"compare: paper_methods: unknown method {m!r}; allowed: {', '.join(METHODS)}")
+    asynchronous = [m for m in grid["methods"] if m not in SYNCHRONOUS and m != "asgd"
+                    and m in (grid.get("paper_methods") or grid["methods"])]
     if "paper" in grid["protocols"] and asynchronous and "asgd" not in grid["methods"]:
         raise ConfigError(f"compare: the paper protocol runs every asynchronous method at ASGD's lr: add the "
                           f"method asgd (asynchronous methods here: {', '.join(asynchronous)})")
@@ -627,8 +647,33 @@ def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | No
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ConfigError(f"compare: cluster {name!r} has unknown setting(s) {unknown}")
-    check_budget_grid(grid)
+    for cluster, table in (grid.get("cluster_grids") or {}).items():
+        if cluster not in grid["clusters"] or not isinstance(table, dict) or set(table) - set(CLUSTER_KEYS):
+            raise ConfigError(f"compare: cluster_grids[{cluster!r}] must name a cluster and set only "
+                              f"{', '.join(CLUSTER_KEYS)}, got {table!r}")
+    for cluster in grid["clusters"]:
+        mine = cluster_grid(grid, cluster)
+        _check_lr_grids(mine)
+        _check_method_settings(mine)
+        check_budget_grid(mine)
     return grid
+
+
+def _check_lr_grids(grid: dict[str, Any]) -> None:
+    """lr_grids keys 'method', 'method@M' or '@M'; every learning rate a finite number > 0."""
+    lr_grids = grid.get("lr_grids") or {}
+    if not isinstance(lr_grids, dict):
+        raise ConfigError(f"compare: lr_grids must be a table of 'method', 'method@M' or '@M' -> learning rates, "
+                          f"got {lr_grids!r}")
+    for key, values in lr_grids.items():
+        method, _, workers = key.partition("@")
+        if (method and method not in METHODS) or (workers and not workers.isdigit()) or not (method or workers):
+            raise ConfigError(f"compare: lr_grids key {key!r} is not 'method', 'method@M' or '@M'")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"compare: lr_grids[{key!r}] must be a non-empty list of learning rates")
+    for lr in all_lr_values(grid):
+        if not (isinstance(lr, (int, float)) and lr > 0 and lr < float("inf")):
+            raise ConfigError(f"compare: learning rates must be finite numbers > 0, got {lr!r}")
 
 
 def _check_method_settings(grid: dict[str, Any]) -> None:

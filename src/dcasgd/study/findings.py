@@ -36,7 +36,8 @@ from ..errors import InputError
 from ..presets import settings_from_toml
 from .budget import epoch_cap
 from .compare import (DEFAULT_GRID, METHODS, PROTOCOLS, SYNCHRONOUS, Choice, Group, SettingKey, all_lr_values, choose,
-                      current_summary, finished_run, groups, lr_grid, lr_jobs, method_of, param_of, plan)
+                      cluster_grid, current_summary, finished_run, groups, lr_grid, lr_jobs, method_of, param_of,
+                      plan)
 from .speedup import (GOALS, against_ssgd, finish_time, finite_number, first_time_at, goal_facts, recommendations,
                       speedup_facts, stat)
 
@@ -188,7 +189,7 @@ def error_at_time(run: dict[str, Any], when: float) -> float | None:
 def _edge(study: Study, group: Group, method: str, workers: int) -> str | None:
     """'smallest' or 'largest' when the lr this cell's lr came from was at an edge of the lr grid."""
     source = method if group.protocol == "tuned" or method in SYNCHRONOUS else "asgd"   # paper: ASGD's lr
-    grid = lr_grid(study.grid, group.momentum, source, workers)
+    grid = lr_grid(cluster_grid(study.grid, group.cluster), group.momentum, source, workers)
     if len(grid) < 2:
         return None
     chosen = study.chosen.get((group.protocol, group.lr_name, method, workers))
@@ -224,7 +225,8 @@ def group_facts(study: Study, group: Group) -> dict[str, Any]:
         "gap_to_sequential": None, "ideal": [], "m_star": [], "speedups": []}
     budget = float((study.grid.get("budgets") or {}).get(group.cluster, 0.0))
     facts["time_budget_s"] = budget or None
-    facts["epoch_caps"] = {str(w): epoch_cap(study.grid, study.meta.get("base_config", {}).get("epochs", 1.0), w)
+    facts["epoch_caps"] = {str(w): epoch_cap(cluster_grid(study.grid, group.cluster),
+                                             study.meta.get("base_config", {}).get("epochs", 1.0), w)
                            for w in [1, *workers]} if budget else None
     if group.protocol == "paper":
         asgd = {w: study.chosen.get(("paper", group.lr_name, "asgd", w)) for w in workers}
@@ -345,14 +347,16 @@ def stability_facts(study: Study, lr_name: str) -> dict[str, Any]:
     """Largest stable lr per method and M in the lr-selection runs of one cluster and momentum."""
     by_key = study.lr_runs[lr_name]
     momentum = next(g.momentum for g in groups(study.grid) if g.lr_name == lr_name)
-    grid = [round(lr * (1.0 - momentum), 12) for lr in all_lr_values(study.grid)]     # every lr of the study
+    cluster = lr_name.rsplit("-mom", 1)[0]
+    mine = cluster_grid(study.grid, cluster)
+    grid = [round(lr * (1.0 - momentum), 12) for lr in all_lr_values(mine)]      # every lr of the cluster
     rows = []
     for method in METHODS:
         for w in sorted(study.grid["workers"]):
             runs = _best_per_lr(by_key.get((method, w), []))
             if not runs:
                 continue
-            own_grid = lr_grid(study.grid, momentum, method, w)
+            own_grid = lr_grid(mine, momentum, method, w)
             errors = [None if r.get("diverged") else r["final_test_error"] for r in runs]
             finite = [e for e in errors if finite_number(e)]
             best = min(finite) if finite else None
@@ -379,7 +383,6 @@ def stability_facts(study: Study, lr_name: str) -> dict[str, Any]:
                      "at_grid_top": lr == max(grid),
                      "diverged_at_top": [r["method"] for r in everyone
                                          if any(d for x, d in zip(r["lrs"], r["diverged"]) if x == max(grid))]})
-    cluster = lr_name.rsplit("-mom", 1)[0]
     return {"lr_group": lr_name, "cluster": cluster, "momentum": momentum, "lr_grid": grid, "factor": STABLE_FACTOR,
             "rows": rows, "most_stable": most}
 
@@ -411,7 +414,8 @@ def coverage(study: Study) -> dict[str, Any]:
         "lam0_grid": list(grid.get("lam0_grid") or []),
         "lambda_workers": grid.get("lambda_workers"), "ssp_bound": grid.get("ssp_bound"),
         **{key: grid.get(key) for key in ("rennala_s", "msync_m", "ringmaster_r", "time_budget", "budgets",
-                                          "sequential_time_s", "epoch_cap_factor", "epoch_caps")},
+                                          "sequential_time_s", "epoch_cap_factor", "epoch_caps", "cluster_grids",
+                                          "paper_methods")},
         "epoch_cap_per_workers": study.meta.get("epoch_cap_per_workers"), "dropped": study.meta.get("dropped", []),
         **{k: base.get(k) for k in ("dataset", "model", "epochs", "batch_size", "lr_schedule", "eval_every",
                                     "base_time", "jitter")},
