@@ -343,7 +343,8 @@ def paper_question(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
                 if "dc-asgd-a" not in cells and "dc-asgd-c" not in cells:
                     continue
                 asgd = next(iter(cells.values()))
-                lr = (g.get("paper_lr") or {}).get(str(w))
+                paper_lr = g.get("paper_lr")           # (a report made before the protocol took ASGD's lr: one)
+                lr = paper_lr.get(str(w)) if isinstance(paper_lr, dict) else paper_lr
 
                 def sp(method: str) -> str:
                     r = speed.get((method, w))

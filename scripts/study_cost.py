@@ -26,7 +26,7 @@ from pathlib import Path
 from dcasgd.config import TrainConfig
 from dcasgd.presets import PRESETS, load_config_file, load_preset
 from dcasgd.study.budget import epoch_cap
-from dcasgd.study.compare import (SYNCHRONOUS, Choice, cluster_grid, groups, lr_jobs, pairs, param_values, plan,
+from dcasgd.study.compare import (PARAMETER, SYNCHRONOUS, Choice, cluster_grid, groups, lr_jobs, pairs, param_values, plan,
                                   study_grid)
 
 
@@ -97,7 +97,7 @@ def main() -> None:
           f"{total_s / 3600 / args.jobs:.2f} hours with --jobs {args.jobs} (groups: "
           f"{', '.join(g.name for g in groups(grid))}; (method, M): {len(pairs(grid))}; "
           f"S/m/R values at the largest M: "
-          f"{ {m: param_values(grid, m, max(grid['workers'])) for m in ('rennala', 'msync', 'ringmaster')} })")
+          f"{ {m: param_values(grid, m, max(grid['workers'])) for m in PARAMETER if m in grid['methods']} })")
 
 
 if __name__ == "__main__":
