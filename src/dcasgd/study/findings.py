@@ -283,7 +283,7 @@ def group_facts(study: Study, group: Group) -> dict[str, Any]:
     facts.update(speedup_facts(cells_runs, target, rennala_s))
     rows = {(r["method"], r["workers"]): r for r in facts["speedups"]}
     for s in [*facts["soonest"], facts["soonest_overall"]]:
-        if s and s.get("method"):
+        if s and s.get("method") and s["method"] != "sequential":       # (sequential SGD: the reference)
             s["speedup"] = rows[(s["method"], s["method_workers"])]
             s["vs_ssgd"] = against_ssgd(cells_runs, s["method"], s["method_workers"], target)
     if workers:
