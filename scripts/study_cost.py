@@ -11,8 +11,9 @@ method that cancels jobs (Rennala, Ringmaster), computes fewer gradients.
 
 The cost of one epoch comes from `--epoch-seconds`, or `--measure EPOCHS`: one
 timing run of that many epochs of ASGD at M = 16 with the preset's settings
-(one torch thread, evaluations on the test split at the preset's cadence), as
-`compare --threads 1` runs them.  Other programs on the machine slow it; the
+(one torch thread), as `compare --threads 1` runs them: its training seconds
+per epoch plus one test-split evaluation per `eval_every` epochs (the
+lr-selection runs evaluate the smaller validation split: an upper bound).  Other programs on the machine slow it; the
 script prints the load average beside the measurement.
 """
 
@@ -46,7 +47,9 @@ def measure(preset: str, grid: dict, epochs: float) -> tuple[float, float]:
     started = time.perf_counter()
     summary = run(cfg).summary
     total = time.perf_counter() - started
-    return summary["wall_time_s"] / epochs, total - summary["wall_time_s"]
+    training = (summary["wall_time_s"] - summary["eval_wall_s"]) / epochs
+    per_evaluation = summary["eval_wall_s"] / len(summary["curve"])       # (the one at epoch 0 included)
+    return training + per_evaluation / cfg.eval_every, total - summary["wall_time_s"]
 
 
 def count(preset: str, grid: dict) -> dict[str, list[float]]:

@@ -160,6 +160,15 @@ def error_cell(c: dict[str, Any], protocol: str) -> str:
     return f"{pm(c['mean'], c['std'])} (n={c['n']}{diverged}, {lr})"
 
 
+ENDED = {"epochs": "epoch cap", "time_budget": "budget", "target": "target"}
+
+
+def ended_text(c: dict[str, Any]) -> str:
+    """'; ended at: epoch cap 3' (how a cell's runs ended: epoch cap, budget, target, or an outcome)."""
+    ended = c.get("ended_by") or {}
+    return "; ended at: " + ", ".join(f"{ENDED.get(k, k)} {n}" for k, n in ended.items()) if ended else ""
+
+
 def param_text(c: dict[str, Any]) -> str:
     """A cell's own method setting: ', S 4' (Rennala), ', m 8' (m-sync), ', R 6' (Ringmaster); '' without one."""
     if c.get("param") is None:
@@ -266,7 +275,8 @@ def write_tables(numbers: dict[str, Any], out: Path) -> list[Path]:
                 if t is None:
                     return ""
                 return (f"{secs_pm(t['mean_s'], t['std_s'], t['reached'])} ({t['reached']}/{t['runs']})" if t["reached"]
-                        else f"not reached (0/{t['runs']})")
+                        else f"not reached (0/{t['runs']}"
+                        + (ended_text(cells[(m, w)]) if g.get("time_budget_s") else "") + ")")
 
             def at_finish(m: str, w: int) -> str:
                 t = ttt.get((m, w))
