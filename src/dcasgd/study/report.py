@@ -523,8 +523,9 @@ def goal_lines(numbers: dict[str, Any]) -> list[str]:
             seeds = "; ".join(f"seed {k}: {x['speedup']:.2f}x sequential, " + (
                 f"{x['vs_ssgd']:.2f}x SSGD" if x["vs_ssgd"] is not None else "SSGD n/a")
                 for k, x in v["per_seed"].items() if x["speedup"] is not None)
-            lines.append(f"- G1 `{v['group']}`: **{v['verdict']}**" + (f" ({LABELS[v['method']]}: {seeds})"
-                                                                       if v["method"] else ""))
+            lines.append(f"- G1 `{v['group']}`: **{v['verdict']}**" + (
+                f" ({LABELS[v['method']]}: {seeds})" if v["method"] else " (no method reached sequential SGD's error)"
+                if v["verdict"] == "missed" else ""))
         else:
             at = "; ".join(f"M={w}: " + (f"{LABELS[x['method']]} {secs_pm(x['mean_s'], x['std_s'], x['reached'])}"
                                          if x else "none reached it") for w, x in v["at"].items())
