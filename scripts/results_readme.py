@@ -7,15 +7,20 @@ by `dcasgd compare`) and the report made by `dcasgd report STUDY/runs --to STUDY
 `findings.json`, `findings.md`, `table.md`, `table.csv`, `stability.csv`, the plots
 and, with a probe run, `compensation.md`.  This script reads `findings.json` (the
 numbers, with the commands and the study's grid) and `compensation.md`, and
-answers three questions per study, with the spread over seeds:
+answers per study, with the spread over seeds:
 
-(a) Does DC-ASGD beat ASGD, and where?
-(b) Which method reaches sequential SGD's error soonest in simulated time, and
-    how close does it get at the largest M?
-(c) Which method stays stable at the largest learning rate?
+1. Speedup to sequential SGD's error: for each M and cluster, which method reaches
+   it soonest, and how many times sooner than sequential SGD and than SSGD?
+2. Share of the ideal: how close does each method come to the throughput ideal
+   (and how many workers the m* model says are worth their staleness)?
+3. The question of the DC-ASGD paper: at ASGD's learning rate, does DC-ASGD beat ASGD?
+4. What should a user pick? A recommendation per regime (cluster and M).
 
-It also lists what each study covered and left out, and the commands that made
-its runs and its report.  It only reads JSON and Markdown: no dcasgd import.
+and states each goal of the study (`findings.json["goals"]`) as met or missed,
+then which method stays stable at the largest learning rate, and the
+compensation probe.  It also lists what each study covered, left out and did
+not run (with why), and the commands that made its runs and its report.  It only
+reads JSON and Markdown: no dcasgd import.
 """
 
 from __future__ import annotations
@@ -29,19 +34,30 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 LABELS = {"sequential": "Sequential SGD", "ssgd": "SSGD", "asgd": "ASGD", "ssp": "SSP",
           "staleness": "Staleness-scaled lr", "delay-adaptive": "Delay-adaptive", "gap-aware": "Gap-aware",
-          "adadelay": "AdaDelay", "dana": "DANA", "dc-asgd-c": "DC-ASGD-c", "dc-asgd-a": "DC-ASGD-a"}
+          "adadelay": "AdaDelay", "dana": "DANA", "dc-asgd-c": "DC-ASGD-c", "dc-asgd-a": "DC-ASGD-a",
+          "msync": "m-sync SGD", "rennala": "Rennala SGD", "ringmaster": "Ringmaster ASGD",
+          "ringmaster-stop": "Ringmaster (stops)"}
 
-INTRO = """# Results: delay compensation on the simulated cluster
+INTRO = """# Results: how much sooner does each method reach sequential SGD's accuracy?
 
-Zheng et al. (ICML 2017, Table 1; CIFAR-10, ResNet-20) report DC-ASGD-a <
-DC-ASGD-c < ASGD in test error, and plot error against wall-clock time (their
-Fig. 3), where asynchrony is meant to pay off. The studies below
-repeat the comparison with `dcasgd compare` on the deterministic simulated
-cluster (real gradients at the stale weights each worker pulled; simulated
-clock), in groups of cluster x protocol x momentum: `tuned` gives each method
-and M its own learning rate, chosen on a validation split held out from the
-training set; `paper` gives every method sequential SGD's learning rate, as the
-paper did (SSGD at M times it).
+Asynchrony exists to save wall-clock time. The studies below run every method
+with `dcasgd compare` on the deterministic simulated cluster (real gradients at
+the stale weights each worker pulled; simulated clock) and ask, per cluster and
+number of workers M: how much sooner than one worker does a method reach the
+test error that sequential SGD reaches with the preset's epochs?
+
+Every run of a cluster gets the same **time budget**: the simulated time
+sequential SGD needs for the preset's epochs (the slowest seed), and an epoch
+cap (recorded per study below); the learning rate (and Rennala's S, m-sync's m,
+Ringmaster's R) is chosen on a validation split held out from the training set,
+under that same budget. Groups are cluster x protocol x momentum: `tuned` gives
+each method and M its own settings; `paper` runs every asynchronous method at
+ASGD's tuned learning rate (as Zheng et al., ICML 2017, kept ASGD's
+hyperparameters for DC-ASGD), the synchronous ones (SSGD, m-sync, Rennala) at
+their own. A method's **speedup** is sequential SGD's time over the time of its
+first evaluation at or below sequential SGD's mean final error (same seed); the
+**throughput ideal** is the workers' summed gradient rate over sequential SGD's,
+the speedup if every gradient were as useful as a fresh one.
 
 Every number below is copied by `scripts/results_readme.py` from the
 `findings.json` that `dcasgd report` computed from the runs' summaries; the
@@ -99,6 +115,51 @@ def load(results: Path) -> list[tuple[Path, dict[str, Any]]]:
 # ---------------------------------------------------------------- what was run
 
 
+def budget_lines(c: dict[str, Any]) -> list[str]:
+    """The study's time budget per cluster, its epoch caps, its S/m/R grids and what it did not run."""
+    lines = []
+    budgets = {k: v for k, v in (c.get("budgets") or {}).items() if v}
+    if budgets:
+        caps = c.get("epoch_cap_per_workers") or {}
+        lines.append("- **Budget:** " + "; ".join(f"`{k}` {v:.0f} simulated s" for k, v in budgets.items())
+                     + " (" + ("sequential SGD's time for the epochs, the slowest seed" if c.get("time_budget")
+                               == "sequential" else "given") + ")"
+                     + (f"; epoch cap per M: {cap_text(caps)}" if caps else "") + ".")
+    searched = (("rennala_s", "Rennala's S", ("rennala",)), ("msync_m", "m-sync's m (below 1: a fraction of M)",
+                                                             ("msync",)),
+                ("ringmaster_r", "Ringmaster's R", ("ringmaster", "ringmaster-stop")))
+    own = [f"{name} {listing(c[key] if isinstance(c[key], list) else [c[key]])}" for key, name, methods in searched
+           if c.get(key) is not None and set(methods) & set(c["methods"])]
+    if own:
+        lines.append(f"- **Method settings searched with the lr:** {'; '.join(own)}.")
+    for d in c.get("dropped") or []:
+        lines.append(f"- **Not run:** {d['what']}: {d['why']}.")
+    return lines
+
+
+def cap_text(caps: dict[str, dict[str, float]]) -> str:
+    """Epoch caps per cluster and M, once when every cluster has the same."""
+    def one(table: dict[str, float]) -> str:
+        return ", ".join(f"M={w}: {e:g}" for w, e in table.items())
+
+    tables = list(caps.values())
+    if all(t == tables[0] for t in tables):
+        return one(tables[0])
+    return "; ".join(f"`{c}` {one(t)}" for c, t in caps.items())
+
+
+def times(mean: float | None, std: float | None, n: int = 2) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.2f}x" if n < 2 else f"{mean:.2f} ± {std:.2f}x"
+
+
+def share(s: dict[str, Any] | None) -> str:
+    if not s or s.get("mean") is None:
+        return "n/a"
+    return f"{100 * s['mean']:.0f}%" + (f" ± {100 * s['std']:.0f}%" if s["n"] > 1 else "")
+
+
 def coverage(study: Path, f: dict[str, Any]) -> list[str]:
     c = f["coverage"]
     clusters = "; ".join(f"`{name}` ({', '.join(f'{k} {setting(v)}' for k, v in s.items()) or 'no extra settings'})"
@@ -118,11 +179,14 @@ def coverage(study: Path, f: dict[str, Any]) -> list[str]:
              f"lr schedule {c['lr_schedule']}, evaluation every {c['eval_every']:g} epochs.",
              f"- **Covered:** methods {names(c['methods'])}; M = {listing(c['workers'])}; seeds "
              f"{listing(c['seeds'])}; clusters {clusters}; momenta {listing(c['momenta'])}; protocols "
-             f"{listing(c['protocols'])}; lr grid {listing(c['lr_grid'])} (times 1 - momentum), chosen on a "
+             f"{listing(c['protocols'])}; lr grid {listing(c['lr_grid'])}"
+             + "".join(f", {k}: {listing(v)}" for k, v in (c.get("lr_grids") or {}).items())
+             + f" (times 1 - momentum), chosen on a "
              f"{c['val_size']}-sample validation split"
              + (f"; λ₀ sweep {listing(c['lam0_grid'])} at M = {c['lambda_workers']}" if c["lam0_grid"] else "")
              + ".",
              f"- **Left out:** {'; '.join(left) if left else 'nothing of the default grid'}.",
+             *budget_lines(c),
              f"- **Runs:** `{f['runs_command']}` (git commit `{f['git_commit']}`); **report:** "
              f"`{f['report_command']}`."]
     if not f["finished"] or c["final_runs_missing"]:
@@ -138,144 +202,190 @@ def coverage(study: Path, f: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-# ---------------------------------------------------------------- (a)
+# ---------------------------------------------------------------- goals
 
 
-def question_a(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
-    lines = ["## (a) Does DC-ASGD beat ASGD, and where?", ""]
+def goals(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    verdicts = [(study, v) for study, f in studies for v in (f.get("goals") or {}).get("verdicts", [])]
+    statements = next(((f.get("goals") or {}).get("statements") for _, f in studies if f.get("goals")), None)
+    if not statements:
+        return []
+    lines = ["## The goals, met or missed", ""] + [f"- {s}" for s in statements] + [""]
+    if not verdicts:
+        return lines + ["No study has the groups these goals are about.", ""]
+    lines += ["| study | goal | group | verdict | numbers |", "|---|---|---|---|---|"]
+    for study, v in verdicts:
+        if v["goal"] == "G1":
+            numbers = "; ".join(f"seed {k}: {x['speedup']:.2f}x sequential, "
+                                + (f"{x['vs_ssgd']:.2f}x SSGD" if x["vs_ssgd"] is not None else "SSGD n/a")
+                                for k, x in v["per_seed"].items() if x["speedup"] is not None)
+            numbers = f"{LABELS.get(v['method'], v['method'])}: {numbers}" if v["method"] else "no method reached it"
+        else:
+            numbers = "; ".join(f"M={w}: " + (f"{LABELS.get(x['method'], x['method'])} "
+                                              f"{secs(x['mean_s'], x['std_s'], x['reached'])}" if x else "none")
+                                for w, x in v["at"].items())
+        lines.append(f"| {study.name} | {v['goal']} | {v['group']} | **{v['verdict']}** | {numbers} |")
+    return lines + [""]
+
+
+# ---------------------------------------------------------------- 1. speedup
+
+
+def _vs_ssgd(against: dict[str, Any] | None) -> str:
+    if not against:
+        return "n/a"
+    parts = []
+    if against["n"]:
+        parts.append(times(against["mean"], against["std"], against["n"])
+                     + (f" ({against['n']} seeds)" if against["ssgd_not_reached"] else ""))
+    if against["ssgd_not_reached"]:
+        parts.append(f"SSGD never got there in {len(against['ssgd_not_reached'])} seed(s): "
+                     f"at least {min(against['at_least_per_seed'].values()):.2f}x")
+    return "; ".join(parts) or "n/a"
+
+
+def speedup(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    lines = ["## 1. Speedup to sequential SGD's error", "",
+             "Per group and M, the method that reaches sequential SGD's mean final error soonest (all seeds "
+             "reaching it first; otherwise the most seeds), how many times sooner than sequential SGD (per seed, "
+             "mean ± std over the seeds that reached it) and than SSGD (where SSGD never reached it, a lower "
+             "bound: its end over the method's time).", ""]
     for study, f in studies:
-        rows = [(g, v) for g in f["groups"] for v in g["vs_asgd"] if v["method"] in ("dc-asgd-a", "dc-asgd-c")]
+        groups = [g for g in f["groups"] if g.get("target") and g.get("speedups")]
+        if not groups:
+            lines += [f"`{study.name}`: no sequential SGD runs, so no target and no speedups.", ""]
+            continue
+        lines += [f"**`{study.name}`** ([`speedup.png`]({study.name}/speedup.png), "
+                  f"[`time_curves.png`]({study.name}/time_curves.png)):", "",
+                  "| group | M | soonest | time | × sooner than sequential SGD | × sooner than SSGD | "
+                  "throughput ideal | share of it |", "|---|---|---|---|---|---|---|---|"]
+        for g in groups:
+            ideal = {i["workers"]: i for i in g["ideal"]}
+            for s in g["soonest"]:
+                i = ideal.get(s["workers"], {})
+                ideal_text = times(i.get("mean"), i.get("std"), i.get("n", 0))
+                if not s.get("method"):
+                    lines.append(f"| {g['name']} | {s['workers']} | none reached it | | | | {ideal_text} | |")
+                    continue
+                sp = s["speedup"]
+                who = names([m for m, _ in s["tied"]]) + (" (tied)" if len(s["tied"]) > 1 else "")
+                lines.append(f"| {g['name']} | {s['workers']} | {who} | {secs(s['mean_s'], s['std_s'], s['reached'])} "
+                             f"({s['reached']}/{s['runs']}) | {times(sp['mean'], sp['std'], sp['n'])} | "
+                             f"{_vs_ssgd(s.get('vs_ssgd'))} | {ideal_text} | {share(sp['share'])} |")
+        lines.append("")
+    return lines
+
+
+# ---------------------------------------------------------------- 2. share of the ideal
+
+
+def ideal_share(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    lines = ["## 2. Share of the throughput ideal", "",
+             "Each method's measured speedup over the throughput ideal, per seed (mean ± std over the seeds that "
+             "reached sequential SGD's error), highest first; m* is the number of fastest workers that the model "
+             "of Tyurin and Richtárik (NeurIPS 2023) says minimise the time to a target, with c = Rennala's S "
+             "chosen on validation: a model, not a measurement.", ""]
+    for study, f in studies:
+        groups = [g for g in f["groups"] if g.get("speedups")]
+        if not groups:
+            continue
+        lines += [f"**`{study.name}`:**", "", "| group | M | throughput ideal | shares of it | m* (model) |",
+                  "|---|---|---|---|---|"]
+        for g in groups:
+            ideal = {i["workers"]: i for i in g["ideal"]}
+            stars = {m["workers"]: m for m in g.get("m_star", [])}
+            for w in g["workers"]:
+                rows = sorted((r for r in g["speedups"] if r["workers"] == w and r["share"]["mean"] is not None),
+                              key=lambda r: -r["share"]["mean"])
+                shares = "; ".join(f"{LABELS.get(r['method'], r['method'])} {share(r['share'])}"
+                                   + (f" ({r['reached']}/{r['runs']})" if r["reached"] < r["runs"] else "")
+                                   for r in rows) or "no method reached the target"
+                i, star = ideal.get(w, {}), stars.get(w) or {}
+                m = (f"{star['m']['mean']:.3g} of {w} (c = {star['c']})" if star.get("c") and star["m"]["mean"]
+                     is not None else "n/a (no Rennala S)")
+                lines.append(f"| {g['name']} | {w} | {times(i.get('mean'), i.get('std'), i.get('n', 0))} | {shares} | "
+                             f"{m} |")
+        lines.append("")
+    return lines
+
+
+# ---------------------------------------------------------------- 3. the DC-ASGD paper's question
+
+
+def paper_question(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    lines = ["## 3. At ASGD's learning rate, does DC-ASGD beat ASGD?", "",
+             "The `paper` groups run every asynchronous method at ASGD's tuned learning rate for its M. Final test "
+             "error at the end of the budget (or the epoch cap), and the speedup to sequential SGD's error.", ""]
+    for study, f in studies:
+        paper = [g for g in f["groups"] if g["protocol"] == "paper"]
+        rows = [(g, v) for g in paper for v in g["vs_asgd"] if v["method"] in ("dc-asgd-a", "dc-asgd-c")]
         if not rows:
-            lines += [f"`{study.name}`: no DC-ASGD and ASGD runs to compare.", ""]
+            lines += [f"`{study.name}`: no `paper` group with DC-ASGD and ASGD.", ""]
             continue
         summary = []
         for method in ("dc-asgd-a", "dc-asgd-c"):
             mine = [(g, v) for g, v in rows if v["method"] == method]
-            if not mine:
-                continue
-            where = {k: [f"{g['name']} M={v['workers']}" for g, v in mine if v["verdict"] == k]
-                     for k in ("lower", "within the spread", "higher", "no spread")}
-            summary.append(f"{LABELS[method]} is clearly below ASGD in {len(where['lower'])} of {len(mine)} "
-                           f"(group, M) cells" + (f" ({', '.join(where['lower'])})" if where["lower"] else "")
-                           + f", within the spread in {len(where['within the spread'])}, clearly above in "
-                           f"{len(where['higher'])}" + (f" ({', '.join(where['higher'])})" if where["higher"] else "")
-                           + (f", one seed (no spread) in {len(where['no spread'])}" if where["no spread"] else ""))
-        lines += [f"**`{study.name}`:** " + "; ".join(summary) + ".", ""]
-        orderings = [(g, o) for g in f["groups"] for o in g["ordering"]]
-        if orderings:
-            held = [f"{g['name']} M={o['workers']}" + (" (clearly)" if o["clearly"] else "")
-                    for g, o in orderings if o["held"]]
-            lines += [f"The paper's ordering DC-ASGD-a < DC-ASGD-c < ASGD held in {len(held)} of {len(orderings)} "
-                      f"cells (by the means)" + (f": {', '.join(held)}" if held else "") + ".", ""]
-        lines += ["| group | M | DC-ASGD-a | DC-ASGD-c | ASGD | SSGD | DC-ASGD-a vs ASGD | DC-ASGD-c vs ASGD |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for g in f["groups"]:
+            if mine:
+                where = {k: [f"{g['name']} M={v['workers']}" for g, v in mine if v["verdict"] == k]
+                         for k in ("lower", "within the spread", "higher", "no spread")}
+                summary.append(f"{LABELS[method]} is clearly below ASGD in {len(where['lower'])} of {len(mine)} "
+                               f"cells" + (f" ({', '.join(where['lower'])})" if where["lower"] else "")
+                               + f", within the spread in {len(where['within the spread'])}, clearly above in "
+                               f"{len(where['higher'])}" + (f" ({', '.join(where['higher'])})" if where["higher"]
+                                                            else ""))
+        lines += [f"**`{study.name}`:** " + "; ".join(summary) + ".", "",
+                  "| group | M | ASGD's lr | DC-ASGD-a | DC-ASGD-c | ASGD | DC-ASGD-a vs ASGD | speedup DC-ASGD-a | "
+                  "speedup ASGD |", "|---|---|---|---|---|---|---|---|---|"]
+        for g in paper:
+            speed = {(r["method"], r["workers"]): r for r in g.get("speedups", [])}
             for w in g["workers"]:
                 cells = {v["method"]: v for v in g["vs_asgd"] if v["workers"] == w}
                 if "dc-asgd-a" not in cells and "dc-asgd-c" not in cells:
                     continue
                 asgd = next(iter(cells.values()))
-                row = [g["name"], str(w)]
-                for m in ("dc-asgd-a", "dc-asgd-c"):
-                    row.append(pm(cells[m]["mean"], cells[m]["std"]) if m in cells else "")
-                row.append(pm(asgd["asgd_mean"], asgd["asgd_std"]))
-                row.append(pm(cells["ssgd"]["mean"], cells["ssgd"]["std"]) if "ssgd" in cells else "")
-                for m in ("dc-asgd-a", "dc-asgd-c"):
-                    row.append(vs(cells[m]["verdict"], cells[m]["mean"], cells[m]["asgd_mean"]) if m in cells else "")
-                lines.append("| " + " | ".join(row) + " |")
+                paper_lr = g.get("paper_lr")           # (a report made before the protocol took ASGD's lr: one)
+                lr = paper_lr.get(str(w)) if isinstance(paper_lr, dict) else paper_lr
+
+                def sp(method: str) -> str:
+                    r = speed.get((method, w))
+                    return "" if r is None else (f"{times(r['mean'], r['std'], r['n'])} ({r['reached']}/{r['runs']})"
+                                                 if r["reached"] else f"not reached (0/{r['runs']})")
+
+                lines.append(f"| {g['name']} | {w} | {'n/a' if lr is None else f'{lr:g}'} | "
+                             + " | ".join(pm(cells[m]["mean"], cells[m]["std"]) if m in cells else ""
+                                          for m in ("dc-asgd-a", "dc-asgd-c"))
+                             + f" | {pm(asgd['asgd_mean'], asgd['asgd_std'])} | "
+                             + (vs(cells["dc-asgd-a"]["verdict"], cells["dc-asgd-a"]["mean"],
+                                   cells["dc-asgd-a"]["asgd_mean"]) if "dc-asgd-a" in cells else "")
+                             + f" | {sp('dc-asgd-a')} | {sp('asgd')} |")
         lines.append("")
     return lines
 
 
-# ---------------------------------------------------------------- (b)
+# ---------------------------------------------------------------- 4. what to pick
 
 
-def _soonest(s: dict[str, Any] | None) -> str:
-    if not s or s.get("method") is None:
-        return "none reached it"
-    who = names([m for m, _ in s["tied"]]) + (" (tied)" if len(s["tied"]) > 1 else "")
-    text = f"{who}: {secs(s['mean_s'], s['std_s'], s['reached'])} ({s['reached']}/{s['runs']} seeds)"
-    nxt = s.get("runner_up")
-    if nxt:
-        spread = {"lower": "clearly later", "no spread": "later, one seed"}.get(nxt["verdict"], nxt["verdict"])
-        text += (f"; next {LABELS.get(nxt['method'], nxt['method'])} "
-                 f"{secs(nxt['mean_s'], nxt['std_s'], nxt['reached'])} ({spread})")
-    return text
-
-
-def budget_note(f: dict[str, Any], groups: list[dict[str, Any]], top: int) -> str:
-    """Every run gets the same epochs: how soon the M = top runs ran out of them, against sequential SGD."""
-    ends = [c["sim_time_s"] for g in groups for c in g["cells"]
-            if c["workers"] == top and c["method"] != "sequential" and c.get("sim_time_s") is not None
-            and not c["diverged"]]                            # (a diverged run stops early)
-    sequential = [c["sim_time_s"] for g in groups for c in g["cells"]
-                  if c["method"] == "sequential" and c.get("sim_time_s") is not None]
-    if not ends or not sequential:
-        return ""
-    epochs = f.get("coverage", {}).get("epochs")
-    budget = (f"{epochs:g} epoch{'' if epochs == 1 else 's'}" if epochs is not None
-              else "the same number of epochs")
-    return (f"Every run had {budget}: at M = {top} the runs used them up after {min(ends):.0f} to "
-            f"{max(ends):.0f} simulated seconds, sequential SGD after {min(sequential):.0f} to "
-            f"{max(sequential):.0f} s. So \"not reached\" means not within that budget; runs with more epochs "
-            f"at M = {top} (the same simulated time as sequential SGD) were left out for time.")
-
-
-def question_b(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
-    lines = ["## (b) Who reaches sequential SGD's error soonest in simulated time, and how close does each get "
-             "at the largest M?", "",
-             "The target is sequential SGD's mean final test error in the same group; a run reaches it at the "
-             "simulated time of its first evaluation at or below it. A method counts as soonest when all its "
-             "seeds reached the target (otherwise, the one with the most seeds that did). The gap is the final "
-             "error minus sequential SGD's.", ""]
+def recommendation(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    lines = ["## 4. What should a user pick?", "",
+             "Per regime (cluster and M), over the `tuned` groups of every momentum: the method and momentum that "
+             "reached sequential SGD's error soonest on every seed; where none did, the lowest final error.", ""]
     for study, f in studies:
-        groups = [g for g in f["groups"] if g["target"] and g["gap_to_sequential"]]
-        if not groups:
-            lines += [f"`{study.name}`: no sequential SGD runs, so no target.", ""]
+        picks = f.get("recommendations") or []
+        if not picks:
             continue
-        top = groups[0]["gap_to_sequential"]["workers"]
-        wins: dict[str, int] = {}
-        for g in groups:
-            s = next((s for s in g["soonest"] if s["workers"] == top), None)
-            for m, _ in (s or {}).get("tied", []):
-                wins[m] = wins.get(m, 0) + 1
-        ranking = sorted(wins.items(), key=lambda kv: -kv[1])
-        lines += [f"**`{study.name}`:** at M = {top}, soonest (ties counted for each): "
-                  + ("; ".join(f"{LABELS.get(m, m)} in {n} of {len(groups)} groups" for m, n in ranking)
-                     or "no method reached the target") + ".", "", budget_note(f, groups, top), ""]
-        lines += [f"| group | target (sequential) | sequential took | soonest at M={top} | closest at M={top} "
-                  f"(gap) | DC-ASGD-a gap | ASGD gap |", "|---|---|---|---|---|---|---|"]
-        for g in groups:
-            gap = g["gap_to_sequential"]
-            rows = {r["method"]: r for r in gap["rows"]}
-            best = min(r["gap"] for r in gap["rows"])
-            closest = [r for r in gap["rows"] if r["gap"] == best]
-
-            def gap_text(r: dict[str, Any] | None) -> str:
-                if r is None:
-                    return ""
-                return (f"{r['gap']:+.2f} ({pm(r['mean'], r['std'])}, "
-                        f"{vs(r['verdict'], r['mean'], gap['sequential_mean'])})")
-
-            s = next((s for s in g["soonest"] if s["workers"] == gap["workers"]), None)
-            target = g["target"]
-            took = secs(target["sequential_finish_s"], target["sequential_finish_std_s"], target["n"])
-            lines.append(f"| {g['name']} | {pm(target['error'], target['std'])} | {took} | "
-                         f"{_soonest(s)} | {names([r['method'] for r in closest])} {gap_text(closest[0])} | "
-                         f"{gap_text(rows.get('dc-asgd-a'))} | {gap_text(rows.get('asgd'))} |")
+        lines += [f"**`{study.name}`:**", ""]
+        for r in picks:
+            what = f"{LABELS.get(r['method'], r['method'])} with momentum {r['momentum']:g}"
+            if "mean_s" in r:
+                sp = r["speedup"]
+                why = (f"reaches sequential SGD's error in {secs(r['mean_s'], r['std_s'], sp['runs'])}, "
+                       f"{times(sp['mean'], sp['std'], sp['n'])} sooner than sequential SGD; against SSGD "
+                       f"{_vs_ssgd(r.get('vs_ssgd'))}")
+            else:
+                why = (f"no method reached sequential SGD's error on every seed; lowest final error "
+                       f"{pm(r['error_mean'], r['error_std'])}")
+            lines.append(f"- `{r['cluster']}`, M = {r['workers']}: **{what}**: {why}.")
         lines.append("")
-        ladder = [(g, rung) for g in groups for rung in g.get("ladder", [])]
-        if ladder:
-            lines += [f"Relaxed targets, at M = {top}: who is first within a few points of sequential SGD's "
-                      f"error, against the simulated time sequential SGD itself needed to get there.", "",
-                      "| group | within | target | sequential SGD took | soonest |", "|---|---|---|---|---|"]
-            for g, rung in ladder:
-                s = next((s for s in rung["soonest"] if s["workers"] == top), None)
-                took = (secs(rung["sequential_s"], rung["sequential_std_s"], rung["sequential_n"])
-                        if rung["sequential_n"] else "never")
-                lines.append(f"| {g['name']} | {rung['offset']:g} points | {rung['target']:.2f} | {took} | "
-                             f"{_soonest(s)} |")
-            lines.append("")
     return lines
 
 
@@ -283,7 +393,7 @@ def question_b(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
 
 
 def question_c(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
-    lines = ["## (c) Which method stays stable at the largest learning rate?", ""]
+    lines = ["## Which method stays stable at the largest learning rate?", ""]
     rule = next((f["rules"]["stable"] for _, f in studies), None)
     if rule:
         lines += [f"From the lr-selection runs (tuned protocol, seed 0, validation split). Rule: {rule}.", ""]
@@ -345,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["## What was run", ""]
         for study, f in studies:
             lines += coverage(study, f)
-        lines += question_a(studies) + question_b(studies) + question_c(studies) + compensation(studies)
+        lines += (goals(studies) + speedup(studies) + ideal_share(studies) + paper_question(studies)
+                  + recommendation(studies) + question_c(studies) + compensation(studies))
     out = results / "README.md"
     out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     print(f"wrote {out}")

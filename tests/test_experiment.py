@@ -14,7 +14,8 @@ import pytest
 
 from dcasgd.cli import main
 from dcasgd.config import TrainConfig
-from dcasgd.study.compare import DEFAULT_GRID, METHODS, Group, config_differences, method_of, method_settings
+from dcasgd.study.compare import (DEFAULT_GRID, METHODS, PARAMETER, Choice, Group, config_differences, method_of,
+                                  method_settings)
 from dcasgd.study.findings import STABLE_FACTOR, Study, facts
 from dcasgd.study.report import write_findings, write_tables
 
@@ -86,10 +87,12 @@ def test_grid_runs_and_learning_rates_chosen_on_validation(study):
     for group in GROUPS:
         assert sorted(p.name for p in (study / "final" / group).iterdir()) == sorted(
             f"{m}-M{w}-s{s}" for m, w in PAIRS for s in (0, 1))
-    sequential_lr = meta["chosen_lr"]["straggler-mom0/sequential@M1"]
-    for method, workers in PAIRS:                      # paper: sequential SGD's lr for every method
+    asgd_lr = meta["chosen_lr"]["straggler-mom0/asgd@M4"]
+    for method, workers in PAIRS:          # paper: ASGD's lr for the asynchronous methods, sequential SGD its own
+        own = meta["chosen_lr"][f"straggler-mom0/{method}@M{workers}"]
         for run in final_runs(study, "straggler-paper-mom0", method, workers):
-            assert run["config"]["lr"] == sequential_lr and run["eval_split"] == "test"
+            assert run["config"]["lr"] == (own if method == "sequential" else asgd_lr)
+            assert run["eval_split"] == "test"
         for run in final_runs(study, "straggler-tuned-mom0", method, workers):
             assert run["config"]["lr"] == meta["chosen_lr"][f"straggler-mom0/{method}@M{workers}"]
             assert run["config"]["stragglers"] == ({"3": 4.0} if workers == 4 else {})
@@ -105,7 +108,7 @@ def test_compare_is_resumable(study, capsys):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_names_round_trip(method):
-    settings = method_settings(method, 2)
+    settings = method_settings(method, 2, 3 if method in PARAMETER else None)
     workers = 1 if method == "sequential" else 4
     assert method_of({**settings, "workers": workers}) == method
 
@@ -147,14 +150,15 @@ def test_lr_runs_made_with_other_settings_are_not_used_to_choose(tmp_path):
     assert main(args + ["--epochs", "1"]) == 0
     assert main(args + ["--epochs", "0.5"]) == 0
     lr_dir = Path("lr") / "homogeneous-mom0"
+    cap = 4                                      # under the study's budget M = 4 runs to 4 x the epochs (budget.py)
     for lr in ("0.05", "0.2"):
-        assert summary(out / "stale" / lr_dir / f"asgd-M4-lr{lr}")["config"]["epochs"] == 1
+        assert summary(out / "stale" / lr_dir / f"asgd-M4-lr{lr}")["config"]["epochs"] == cap * 1
     val = {lr: summary(out / lr_dir / f"asgd-M4-lr{lr:g}") for lr in (0.05, 0.2)}
-    assert all(s["config"]["epochs"] == 0.5 for s in val.values())
+    assert all(s["config"]["epochs"] == cap * 0.5 for s in val.values())
     chosen = min(val, key=lambda lr: (val[lr]["final_test_error"], lr))
     assert json.loads((out / "compare.json").read_text())["chosen_lr"] == {"homogeneous-mom0/asgd@M4": chosen}
     final = summary(out / "final" / "homogeneous-tuned-mom0" / "asgd-M4-s0")["config"]
-    assert final["epochs"] == 0.5 and final["lr"] == chosen
+    assert final["epochs"] == cap * 0.5 and final["lr"] == chosen
 
 
 # ---------------------------------------------------------------- report: files
@@ -162,7 +166,7 @@ def test_lr_runs_made_with_other_settings_are_not_used_to_choose(tmp_path):
 
 def test_every_output_file_is_written_and_names_both_commands(study):
     names = ("table.md", "table.csv", "stability.csv", "findings.md", "findings.json", "curves.png",
-             "time_curves.png", "staleness.png", "stability.png", "lambda.png")
+             "time_curves.png", "staleness.png", "stability.png", "lambda.png", "speedup.png")
     assert sorted(findings(study)["files"]) == sorted(names)
     for name in names:
         path = study / name
@@ -284,8 +288,9 @@ def test_report_numbers_on_hand_made_summaries(tmp_path):
                ("dc-asgd-a", 4): [_run("dc-asgd-a", 4, 0, x, e, []) for x, e in ((0.025, 16.0), (0.05, 15.0),
                                                                                   (0.1, 16.4))]}
     study = Study(tmp_path, {"command": "dcasgd compare X", "git_commit": "abc", "finished": True}, grid,
-                  {("homogeneous-mom0.5", "sequential", 1): 0.1, ("homogeneous-mom0.5", "asgd", 4): 0.05,
-                   ("homogeneous-mom0.5", "dc-asgd-a", 4): 0.025},
+                  {("tuned", "homogeneous-mom0.5", "sequential", 1): Choice(0.1),
+                   ("tuned", "homogeneous-mom0.5", "asgd", 4): Choice(0.05),
+                   ("tuned", "homogeneous-mom0.5", "dc-asgd-a", 4): Choice(0.025)},
                   [group], {group.name: {("sequential", 1): seq, ("asgd", 4): asgd, ("dc-asgd-a", 4): dca}},
                   {"homogeneous-mom0.5": lr_runs}, {}, expected=9)
     numbers = facts(study, "dcasgd report X")
@@ -317,7 +322,7 @@ def test_report_numbers_on_hand_made_summaries(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "12.00 ± 2.00 (n=3, lr 0.1 (largest of grid))" in table
     assert "12.00 ± 1.00 (n=3, lr 0.05)" in table and "9.50 ± 0.50 (n=3, lr 0.025 (smallest of grid))" in table
-    assert "5.50 ± 0.71 s (2/3)" in table and "(0.05, 0.1, 0.2, times 1 - momentum)" in table
+    assert "5.50 ± 0.71 s (2/3)" in table and "(0.05, 0.1, 0.2; times 1 - momentum)" in table
     text = (tmp_path / "findings.md").read_text()
     assert "DC-ASGD-a 9.50 ± 0.50 vs ASGD 12.00 ± 1.00: lower, clearly" in text
     assert "M=4: DC-ASGD-a (1 of 2) up to lr 0.1 (the top of the grid); diverged at the top lr: ASGD" in text
@@ -349,7 +354,7 @@ def test_report_leaves_out_stale_and_foreign_runs(study, tmp_path):
     assert main(["report", str(copy), "--to", str(tmp_path / "report")]) == 0
     numbers = findings(tmp_path / "report")
     left = numbers["coverage"]["left_out"]
-    assert any("asgd-M4-s1: made with other settings (epochs: 3 -> 1" in x for x in left)
+    assert any("asgd-M4-s1: made with other settings (epochs: 3 -> 4" in x for x in left)   # (4: the epoch cap)
     assert any("other-tuned-mom0/asgd-M4-s0: not part of the study's grid" in x for x in left)
     (g,) = [g for g in numbers["groups"] if g["name"] == "straggler-tuned-mom0"]
     (cell,) = [c for c in g["cells"] if c["method"] == "asgd"]
@@ -395,15 +400,22 @@ def test_results_readme_answers_from_findings(study, tmp_path):
                    capture_output=True)
     readme = (results / "README.md").read_text()
     numbers = findings(results / "tiny")
-    for heading in ("## (a) Does DC-ASGD beat ASGD", "## (b) Who reaches sequential SGD's error soonest",
-                    "## (c) Which method stays stable"):
+    for heading in ("## The goals, met or missed", "## 1. Speedup to sequential SGD's error",
+                    "## 2. Share of the throughput ideal", "## 3. At ASGD's learning rate, does DC-ASGD beat ASGD?",
+                    "## 4. What should a user pick?", "## Which method stays stable"):
         assert heading in readme
     assert f"`{numbers['runs_command']}`" in readme and f"`{numbers['report_command']}`" in readme
-    assert "methods ssgd" not in readme and "Left out:** methods SSGD, SSP" in readme
+    assert "methods ssgd" not in readme and "Left out:** methods SSGD, m-sync SGD, Rennala SGD, SSP" in readme
+    budget = numbers["coverage"]["budgets"]["straggler"]
+    assert f"- **Budget:** `straggler` {budget:.0f} simulated s (sequential SGD's time for the epochs" in readme
     for g in numbers["groups"]:
         (v,) = [v for v in g["vs_asgd"] if v["method"] == "dc-asgd-a"]
-        assert f"| {g['name']} | 4 | {v['mean']:.2f} ± {v['std']:.2f} |" in readme
-        assert f"{g['target']['error']:.2f} ± {g['target']['std']:.2f}" in readme
+        if g["protocol"] == "paper":                # the DC-ASGD paper's question: at ASGD's lr
+            assert f"| {g['name']} | 4 | {g['paper_lr']['4']:g} | {v['mean']:.2f} ± {v['std']:.2f} |" in readme
+        for s in g["soonest"]:
+            if s.get("method"):
+                sp = s["speedup"]
+                assert f"| {g['name']} | 4 | " in readme and f"{sp['mean']:.2f}" in readme
     assert not math.isnan(numbers["groups"][0]["target"]["error"])
 
 

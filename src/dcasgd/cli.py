@@ -12,6 +12,7 @@ immediate; the backends and the study tools are imported when a command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import signal
 import sys
@@ -33,7 +34,8 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 # How a run ended -> its exit status; the one table behind --help, the README and the tests.
 EXIT_CODES = (
-    (EXIT_OK, "the run finished, or stopped where --stop-after-updates asked (continue it with --resume DIR)"),
+    (EXIT_OK, "the run finished (its epochs, --time-budget or --target-error; summary.json says which: "
+              "ended_by), or stopped where --stop-after-updates asked (continue it with --resume DIR)"),
     (EXIT_RUN_FAILED, "the run failed: your model, loss, metric or data raised (the line names the function, the "
                       "worker and the gradient; --debug shows the traceback), or a server actor died; "
                       "summary.json says so, and --resume DIR continues from the last checkpoint if there is one"),
@@ -132,7 +134,15 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metric", default=S, metavar="NAME|MODULE:FN",
                    help=f"{', '.join(METRICS)} (default {d.metric}: percent misclassified), or an import path to "
                         "metric(output, target) -> number (a batch mean, lower is better)")
-    g.add_argument("--epochs", type=float, default=S, help=f"passes over the training set (default {d.epochs:g})")
+    g.add_argument("--epochs", type=float, default=S, help=f"passes over the training set (default {d.epochs:g}); "
+                   "with --time-budget, the epoch cap")
+    g.add_argument("--time-budget", type=float, default=S, metavar="SECONDS",
+                   help="stop when the training clock passes this many seconds (simulated; wall seconds of "
+                        "training on Ray), with an evaluation at the budget; under a budget the lr schedule runs "
+                        "to its end at whichever of the budget and --epochs comes first (default 0: none)")
+    g.add_argument("--target-error", type=float, default=S, metavar="ERROR",
+                   help="stop at the first evaluation at or below this error (the metric's units); "
+                        "summary.json records time_to_target_s (default: none)")
     g.add_argument("--batch-size", type=int, default=S, help=f"mini-batch per worker b (default {d.batch_size})")
     g.add_argument("--seed", type=int, default=S, help=f"fixes data order, model init and simulated timing "
                    f"(default {d.seed})")
@@ -225,7 +235,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--clip-norm", type=float, default=S, help="server-side gradient-norm clipping (0 = off)")
     r = p.add_argument_group("ray (--backend ray)")
     r.add_argument("--servers", type=int, default=S, help="parameter-server shards S (default 1)")
-    r.add_argument("--address", default=S, help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
+    r.add_argument("--address", default=S, help="Ray cluster address (default: start a local Ray on 127.0.0.1); "
+                   "compare with the simulator: run each run as a task on that cluster")
     r.add_argument("--connect-timeout", type=float, default=S,
                    help=f"seconds to connect to the Ray cluster at --address before giving up (default "
                         f"{d.connect_timeout:g})")
@@ -327,7 +338,8 @@ def report_outcome(summary: dict[str, Any], out: Path) -> int:
     outcome = summary.get("outcome", "finished")
     if outcome == "finished":
         print(f"final {split} error {error} after {updates} updates "
-              f"(mean staleness {summary['mean_staleness']:.2f}); results in {out}/ (summary.json, metrics.jsonl)")
+              f"(mean staleness {summary['mean_staleness']:.2f}){_ended_by_text(summary)}; "
+              f"results in {out}/ (summary.json, metrics.jsonl)")
         return EXIT_OK
     if outcome == "stopped":
         print(f"stopped after {updates} updates as asked ({split} error {error} there); "
@@ -357,6 +369,17 @@ def report_outcome(summary: dict[str, Any], out: Path) -> int:
     return EXIT_NO_LIVE_WORKERS
 
 
+def _ended_by_text(summary: dict[str, Any]) -> str:
+    """Why a finished run ended, when a target or a time budget ended it (nothing for the epochs)."""
+    ended_by = summary.get("ended_by")
+    if ended_by == "target":
+        return (f", target {summary['target_error']:g} reached at {summary['time_to_target_s']:.6g} s "
+                f"(epoch {summary['target_epoch']:.4g})")
+    if ended_by == "time_budget":
+        return f", at the end of the time budget ({summary['time_budget_s']:g} s)"
+    return ""
+
+
 def _metric_text(summary: dict[str, Any]) -> str:
     """The final metric as the console shows it: percent for classification error, else the number."""
     value = summary["final_test_error"]
@@ -381,9 +404,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"jobs must be an integer >= 1, got {args.jobs}")
     if threads < 0:
         raise ConfigError(f"threads must be an integer >= 0, got {threads}")
+    # compare's own meaning of two train flags: --time-budget is the study's budget for every cluster, and
+    # with the simulator --address is the Ray cluster that runs the study's runs as tasks
+    if base.time_budget > 0:
+        grid, base = {**grid, "time_budget": base.time_budget}, dataclasses.replace(base, time_budget=0.0)
+    address = base.address if base.backend == "sim" else None
+    base = dataclasses.replace(base, address=None) if address else base
     from .study.compare import Interrupted
     try:
-        record = compare(base, grid, Path(args.run_out), args.jobs, threads)
+        record = compare(base, grid, Path(args.run_out), args.jobs, threads, address)
     except Interrupted as exc:
         print(f"dcasgd: compare stopped by {exc}: queued runs cancelled, running ones stopped; "
               f"the next 'dcasgd compare {shlex.quote(args.run_out)} ...' with the same settings goes on from "
@@ -425,11 +454,16 @@ def _names(text: str) -> list[str]:
 
 COMPARE_HELP = """Run the paper's comparison as a resumable grid of simulated (or Ray) runs under OUT/:
 lr/ (learning rates chosen on a validation split), final/ (every cluster x protocol x momentum
-group, method x workers x seed, test error) and lambda/ (the DC-ASGD-a lam0 sweep).  Protocols:
-tuned (each method's own lr) and paper (sequential SGD's lr for every method).  Clusters
-(homogeneous, lognormal speeds, stragglers) come from the preset's [compare.clusters] table.
-Finished runs are reused when their recorded settings match; stale ones are moved to
-OUT/stale/ and run again.  OUT must not hold a single training run (--overwrite removes it)."""
+group, method x workers x seed, test error) and lambda/ (the DC-ASGD-a lam0 sweep).  Every run of
+a cluster gets the same simulated-time budget (default: the time sequential SGD needs for the
+preset's epochs; --time-budget SECONDS sets it, 0 turns it off) and stops there or at an epoch cap
+(the preset's [compare] epoch_caps, epoch_cap_factor).  Protocols: tuned (each method's own lr,
+and S/m/R of Rennala, m-sync, Ringmaster) and paper (every asynchronous method at ASGD's tuned lr).
+Clusters (homogeneous, lognormal speeds, stragglers) come from the preset's [compare.clusters]
+table.  Runs execute in --jobs local processes, or with --address ADDR (simulator) as tasks on
+that Ray cluster, with the same results.  Finished runs are reused when their recorded settings
+match; stale ones are moved to OUT/stale/ and run again.  OUT must not hold a single training run
+(--overwrite removes it)."""
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -448,7 +482,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                    help="lam0 values for the DC-ASGD-a M=8 sweep (lambda.png)")
     p.add_argument("--ssp-bound", dest="grid_ssp_bound", type=int, default=None, help="S of the ssp method")
     p.add_argument("--protocols", dest="grid_protocols", type=_names, default=None,
-                   help="tuned (each method's own lr), paper (sequential SGD's lr for every method), or both "
+                   help="tuned (each method's own lr), paper (every asynchronous method at ASGD's lr), or both "
                         "(default tuned, or the preset's)")
     p.add_argument("--momenta", dest="grid_momenta", type=_float_list, default=None, metavar="MU1,MU2",
                    help="momentum values, one group each (default 0, or the preset's)")

@@ -65,7 +65,9 @@ class TrainConfig:
     model: str = "mlp"                 # a built-in name, or an import path module:factory
     loss: str = "cross-entropy"        # a built-in name, or an import path module:function
     metric: str = "error"              # (lower is better; reported as test_error)
-    epochs: float = 8.0
+    epochs: float = 8.0                # under a time budget: the epoch cap
+    time_budget: float = 0.0           # seconds of training (simulated; wall on Ray); 0 = none
+    target_error: float | None = None  # stop at the first evaluation at or below it (metric units); None = none
     batch_size: int = 128
     seed: int = 0
     out: str | None = "runs/latest"    # None (Python API): nothing written, results in memory
@@ -169,6 +171,11 @@ class TrainConfig:
         if self.out is None and (self.checkpoint_every or self.resume or self.tensorboard):
             raise ConfigError("checkpoints, --resume and --tensorboard need a run directory: set out")
         _positive("epochs", self.epochs)
+        _nonneg("time_budget", self.time_budget)
+        if self.target_error is not None and (isinstance(self.target_error, bool) or not isinstance(
+                self.target_error, (int, float)) or not math.isfinite(self.target_error)):
+            raise ConfigError(f"target_error must be a finite number (the metric's units) or unset, "
+                              f"got {self.target_error!r}")
         _positive("lr", self.lr)
         _positive("eval_every", self.eval_every)
         _positive("base_time", self.base_time)

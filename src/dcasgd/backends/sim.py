@@ -68,6 +68,7 @@ from ..core.consistency import APPLY, CANCEL, PointBatch, SyncBarrier, parse_con
 from ..core.kernels import all_finite
 from ..core.server import NonFiniteUpdate, PushRejected, ServerCore
 from ..errors import RunFailed
+from ..engine.budget import follow_clock
 from ..engine.context import RunContext, open_run_dir, prepare_run, write_summary
 from ..engine.probe import CompensationProbe
 from ..engine.recorder import Recorder
@@ -143,6 +144,7 @@ class Simulator:
         self.discarded, self.cancelled = [0] * cfg.workers, [0] * cfg.workers
         self.wasted_s = [0.0] * cfg.workers                            # simulated s spent on dropped jobs
         self.recorder = Recorder(ctx, self.flat)
+        follow_clock(ctx.schedule, lambda: self.now)    # under a time budget the lr follows the clock too
         self.probe = probe if probe is not None else CompensationProbe.from_config(cfg)
         self.events: list[Event] = []
         self.seq = 0
@@ -413,8 +415,9 @@ class Simulator:
 
     @property
     def finished(self) -> bool:
-        """Training is over: enough samples consumed, or the model diverged."""
-        return self.diverged or self.samples >= self.target_samples
+        """Training is over: enough samples consumed (the epoch cap), the target or the budget reached
+        (:mod:`dcasgd.engine.budget`), or the model diverged."""
+        return self.diverged or self.samples >= self.target_samples or self.recorder.stop.ended_by is not None
 
     @property
     def stop_requested(self) -> bool:
@@ -470,6 +473,10 @@ class Simulator:
         while self.events and not (self.finished or self.stop_requested or STOP.requested):
             if self._checkpoint_due:                       # between events: a clean cut
                 self._save_checkpoint()
+            if self.recorder.stop.over_budget(self.events[0].time):
+                self.now = cfg.time_budget                 # the budget ends before the next event
+                self.recorder.stop.end_at_budget()
+                break
             event = heapq.heappop(self.events)
             w = self.workers[event.worker]
             if event.kind == FINISH and (not w.alive or event.generation != w.generation):
@@ -489,8 +496,10 @@ class Simulator:
             self._trace_cycle(w)                           # the cycles still in flight (after the checkpoint)
         if self.diverged:
             self.recorder.mark_diverged(self.server.version)
-        if self.recorder.evals[-1]["version"] != self.server.version:
-            self._evaluate()
+        last = self.recorder.evals[-1]
+        if last["version"] != self.server.version or (self.recorder.stop.ended_by == "time_budget"
+                                                      and last["time_s"] < self.now):
+            self._evaluate()                               # (under a budget: an evaluation at the budget)
         self.recorder.show_progress(self.epoch, self.server.version, force=True)
         self.recorder.close()
         if self.trace is not None:

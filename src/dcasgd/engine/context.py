@@ -23,7 +23,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -35,6 +35,7 @@ from ..core.rules import LRSchedule
 from ..io.atomic import atomic_write_text
 from ..io.rundir import (RUN_ID_FILE, check_new_run_dir, check_tensorboard_dir, clear_run_files,
                          clear_tensorboard_files, new_run_id, read_run_id, resume_run_dir)
+from .budget import budgeted
 
 # How a run ended (summary["outcome"]); the CLI prints one line and exit status per outcome.
 OUTCOMES = ("finished", "stopped", "diverged", "max_refused", "no_live_workers", "interrupted", "failed")
@@ -55,7 +56,7 @@ class RunContext:
     task: Task                                   # model factory, data, loss, metric
     eval_x: torch.Tensor                         # what evaluations score: the test split, or val, or train
     eval_y: torch.Tensor
-    schedule: LRSchedule
+    schedule: Callable[[float], float]          # lr at an epoch (LRSchedule; under a time budget, engine.budget)
     out: Path | None                             # None: nothing is written (results in memory)
     model: torch.nn.Module                       # the freshly initialised model (seeded by cfg.seed)
     resume_dir: Path | None = None               # the run directory a resumed run continues
@@ -101,8 +102,8 @@ def prepare_run(cfg: TrainConfig, task: Task | None = None) -> RunContext:
         eval_x, eval_y = data.val_x, data.val_y
     else:
         eval_x, eval_y = data.test_x, data.test_y
-    schedule = LRSchedule(cfg.lr, cfg.lr_schedule, tuple(cfg.lr_milestones), cfg.lr_gamma,
-                          cfg.epochs, cfg.warmup_epochs)
+    schedule = budgeted(LRSchedule(cfg.lr, cfg.lr_schedule, tuple(cfg.lr_milestones), cfg.lr_gamma,
+                                   cfg.epochs, cfg.warmup_epochs), cfg)
     return RunContext(cfg, task, eval_x, eval_y, schedule, out, model, resume_dir, ignored)
 
 

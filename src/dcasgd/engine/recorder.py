@@ -26,6 +26,7 @@ from ..compute.flat import FlatModel
 from ..compute.objectives import describe
 from ..compute.worker import evaluate
 from ..io.tensorboard import open_metrics
+from .budget import StopRule
 from .context import RunContext
 from .telemetry import Progress, StalenessStats
 
@@ -58,6 +59,7 @@ class Recorder:
         self.next_eval_epoch = 0.0
         self.eval_wall_s = 0.0                         # wall seconds spent evaluating
         self.diverged = False
+        self.stop = StopRule(ctx.cfg)                  # the target error and the time budget (engine/budget.py)
         self.wall_start = time.perf_counter()
         self.eval_threads: int | None = None           # torch threads while evaluating (None: as they are)
         self.metrics: Any = None
@@ -124,6 +126,7 @@ class Recorder:
         self.metrics.write("staleness", version=version, **self.stats.summary())
         self.metrics.flush()
         self.evals.append(record)
+        self.stop.evaluated(error, time_s=time_s, epoch=epoch, version=version)
         self.last_error = error
         self.last_train_loss = train_loss if train_loss is not None else self.last_train_loss
         self.loss_sum, self.loss_count = 0.0, 0
@@ -178,6 +181,7 @@ class Recorder:
             "config": self.cfg.to_dict(),
             "ignored_settings": self.ctx.ignored_settings,
             "run_id": self.ctx.run_id,
+            **self.stop.summary(outcome),
             **extra,
             **backend,
         }
@@ -187,7 +191,8 @@ class Recorder:
     def state_dict(self) -> dict[str, Any]:
         return {"stats": self.stats.state_dict(), "evals": [dict(r) for r in self.evals],
                 "events": [dict(e) for e in self.events], "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-                "last_error": self.last_error, "next_eval_epoch": self.next_eval_epoch, "diverged": self.diverged}
+                "last_error": self.last_error, "next_eval_epoch": self.next_eval_epoch, "diverged": self.diverged,
+                "stop": self.stop.state_dict()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.stats.load_state_dict(sd["stats"])
@@ -195,3 +200,4 @@ class Recorder:
         self.loss_sum, self.loss_count = float(sd["loss_sum"]), int(sd["loss_count"])
         self.last_error, self.next_eval_epoch = sd["last_error"], float(sd["next_eval_epoch"])
         self.diverged = bool(sd["diverged"])
+        self.stop.load_state_dict(sd.get("stop"))

@@ -1,8 +1,7 @@
 """The numbers of ``dcasgd report``: a ``compare`` directory loaded, and every fact computed from its runs.
 
 :func:`load_study` reads ``OUT/compare.json`` and, with :mod:`.compare`'s own
-functions (``choose_learning_rates``, ``plan``, ``lr_jobs``,
-``finished_run``), the summaries of the runs the study's grid asks for:
+functions (``choose``, ``plan``, ``lr_jobs``, ``finished_run``), the summaries of the runs the study's grid asks for:
 a run whose recorded settings differ from its job's (one ``compare`` would
 move to ``OUT/stale/`` and run again) and a directory the grid does not name
 are left out, and the report says how many and why.  :func:`facts` turns the
@@ -18,6 +17,7 @@ Rules (stated again in every file that uses them):
 - time to target: the target is sequential SGD's mean final test error in
   the same group; a run reaches it at the simulated time (``curve[].time_s``)
   of its first evaluation at or below the target;
+- speedup, share of the throughput ideal, m*: see :mod:`.speedup`;
 - stable: an lr-selection run that did not diverge and whose validation error
   is at most :data:`STABLE_FACTOR` times the best validation error of the same
   method and M over the lr grid; a method's largest stable lr is the largest
@@ -27,8 +27,6 @@ Rules (stated again in every file that uses them):
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +34,12 @@ from typing import Any
 from ..config import ConfigError, TrainConfig
 from ..errors import InputError
 from ..presets import settings_from_toml
-from .compare import (DEFAULT_GRID, METHODS, PROTOCOLS, Group, LrKey, choose_learning_rates, current_summary,
-                      finished_run, groups, lr_grid, lr_jobs, method_of, plan)
+from .budget import epoch_cap
+from .compare import (DEFAULT_GRID, METHODS, PROTOCOLS, SYNCHRONOUS, Choice, Group, SettingKey, all_lr_values, choose,
+                      cluster_grid, current_summary, finished_run, groups, lr_grid, lr_jobs, method_of, param_of,
+                      plan)
+from .speedup import (GOALS, against_ssgd, finish_time, finite_number, first_time_at, goal_facts, recommendations,
+                      speedup_facts, stat)
 
 STABLE_FACTOR = 1.1
 LADDER = (1.0, 2.0, 5.0, 10.0)      # relaxed targets: sequential SGD's error plus this many percentage points
@@ -65,7 +67,7 @@ class Study:
     run_dir: Path
     meta: dict[str, Any]
     grid: dict[str, Any]
-    chosen: dict[LrKey, float]
+    chosen: dict[SettingKey, Choice]                              # (protocol, lr group, method, M) -> lr, S/m/R
     groups: list[Group]                                            # groups with runs, in grid order
     final: dict[str, dict[tuple[str, int], list[dict[str, Any]]]]  # group name -> (method, M) -> runs by seed
     lr_runs: dict[str, dict[tuple[str, int], list[dict[str, Any]]]]  # lr group -> (method, M) -> runs by lr
@@ -96,7 +98,7 @@ def load_study(run_dir: Path) -> Study:
     except (ValueError, KeyError, TypeError) as exc:
         raise ReportError(f"report: {meta_path} is not a compare record ({exc!r})") from None
     try:
-        chosen = choose_learning_rates(base, grid, run_dir)
+        chosen = choose(base, grid, run_dir)
         jobs = plan(base, grid, run_dir, chosen)
         configs = {job: job.config(base, grid) for job in jobs}
     except ConfigError as exc:
@@ -159,18 +161,6 @@ def load_study(run_dir: Path) -> Study:
 # ---------------------------------------------------------------- statistics
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def stat(values: list[float | None]) -> dict[str, Any]:
-    """mean, sample std (0 for one value) and n of the finite values; mean None when there are none."""
-    vals = [float(v) for v in values if _finite(v)]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
-
-
 def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
     """``a`` against ``b`` (lower is better): lower, higher, within the spread, no spread (a single value on
     either side: nothing to judge a gap by), or n/a."""
@@ -183,14 +173,6 @@ def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "lower" if a["mean"] < b["mean"] else "higher"
 
 
-def first_time_at(run: dict[str, Any], target: float) -> float | None:
-    """Simulated time of the run's first evaluation at or below ``target``, or None."""
-    for point in run.get("curve", []):
-        if _finite(point.get("test_error")) and point["test_error"] <= target:
-            return float(point["time_s"])
-    return None
-
-
 def error_at_time(run: dict[str, Any], when: float) -> float | None:
     """Test error of the run's last evaluation at or before simulated time ``when``."""
     error = None
@@ -198,12 +180,7 @@ def error_at_time(run: dict[str, Any], when: float) -> float | None:
         if point["time_s"] > when:
             break
         error = point.get("test_error")
-    return error if _finite(error) else None
-
-
-def finish_time(run: dict[str, Any]) -> float | None:
-    curve = run.get("curve") or []
-    return float(curve[-1]["time_s"]) if curve else None
+    return error if finite_number(error) else None
 
 
 # ---------------------------------------------------------------- facts
@@ -211,20 +188,27 @@ def finish_time(run: dict[str, Any]) -> float | None:
 
 def _edge(study: Study, group: Group, method: str, workers: int) -> str | None:
     """'smallest' or 'largest' when the lr this cell's lr came from was at an edge of the lr grid."""
-    grid = lr_grid(study.grid, group.momentum)
+    source = method if group.protocol == "tuned" or method in SYNCHRONOUS else "asgd"   # paper: ASGD's lr
+    grid = lr_grid(cluster_grid(study.grid, group.cluster), group.momentum, source, workers)
     if len(grid) < 2:
         return None
-    key = (group.lr_name, method, workers) if group.protocol == "tuned" else (group.lr_name, "sequential", 1)
-    chosen = study.chosen.get(key)
-    return "smallest" if chosen == min(grid) else "largest" if chosen == max(grid) else None
+    chosen = study.chosen.get((group.protocol, group.lr_name, method, workers))
+    lr = None if chosen is None else chosen.lr
+    return "smallest" if lr == min(grid) else "largest" if lr == max(grid) else None
 
 
 def cell_facts(study: Study, group: Group, method: str, workers: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [r["final_test_error"] for r in runs]
     lrs = sorted({r["config"]["lr"] for r in runs})
+    params = sorted({p for p in (param_of(r["config"]) for r in runs) if p is not None})
+    ended = [r.get("ended_by") or ("epochs" if r.get("outcome", "finished") == "finished" else r.get("outcome"))
+             for r in runs]
     return {"method": method, "workers": workers, "seeds": [r["config"]["seed"] for r in runs], "errors": errors,
             **stat(errors), "runs": len(runs), "diverged": sum(bool(r.get("diverged")) for r in runs),
             "lr": lrs[0] if len(lrs) == 1 else lrs, "lr_at_grid_edge": _edge(study, group, method, workers),
+            "param": (params[0] if len(params) == 1 else params) if params else None,
+            "ended_by": {k: ended.count(k) for k in dict.fromkeys(ended)},
+            "epochs_done": stat([r.get("epochs_done") for r in runs])["mean"],
             "sim_time_s": stat([finish_time(r) for r in runs])["mean"]}
 
 
@@ -238,10 +222,16 @@ def group_facts(study: Study, group: Group) -> dict[str, Any]:
         "lr_group": group.lr_name, "cluster_settings": study.grid["clusters"].get(group.cluster, {}),
         "workers": workers, "cells": list(cells.values()), "target": None, "time_to_target": [],
         "vs_asgd": [], "ordering": [], "ssgd": [], "soonest": [], "soonest_overall": None,
-        "gap_to_sequential": None}
+        "gap_to_sequential": None, "ideal": [], "m_star": [], "speedups": []}
+    budget = float((study.grid.get("budgets") or {}).get(group.cluster, 0.0))
+    facts["time_budget_s"] = budget or None
+    facts["epoch_caps"] = {str(w): epoch_cap(cluster_grid(study.grid, group.cluster),
+                                             study.meta.get("base_config", {}).get("epochs", 1.0), w)
+                           for w in [1, *workers]} if budget else None
     if group.protocol == "paper":
-        facts["paper_lr"] = study.chosen.get((group.lr_name, "sequential", 1))
-        facts["paper_lr_at_grid_edge"] = _edge(study, group, "sequential", 1)
+        asgd = {w: study.chosen.get(("paper", group.lr_name, "asgd", w)) for w in workers}
+        facts["paper_lr"] = {str(w): c.lr for w, c in asgd.items() if c is not None}
+        facts["paper_lr_at_grid_edge"] = {str(w): _edge(study, group, "asgd", w) for w in asgd if asgd[w]}
     for w in workers:
         asgd = cells.get(("asgd", w))
         for method in METHODS:
@@ -289,6 +279,13 @@ def group_facts(study: Study, group: Group) -> dict[str, Any]:
     for w in workers:
         facts["soonest"].append(_soonest([t for t in facts["time_to_target"] if t["workers"] == w], w))
     facts["soonest_overall"] = _soonest(facts["time_to_target"], None)
+    rennala_s = {w: c.param for w in workers if (c := study.chosen.get((group.protocol, group.lr_name, "rennala", w)))}
+    facts.update(speedup_facts(cells_runs, target, rennala_s))
+    rows = {(r["method"], r["workers"]): r for r in facts["speedups"]}
+    for s in [*facts["soonest"], facts["soonest_overall"]]:
+        if s and s.get("method") and s["method"] != "sequential":       # (sequential SGD: the reference)
+            s["speedup"] = rows[(s["method"], s["method_workers"])]
+            s["vs_ssgd"] = against_ssgd(cells_runs, s["method"], s["method_workers"], target)
     if workers:
         top = workers[-1]
         rows = []
@@ -350,26 +347,29 @@ def stability_facts(study: Study, lr_name: str) -> dict[str, Any]:
     """Largest stable lr per method and M in the lr-selection runs of one cluster and momentum."""
     by_key = study.lr_runs[lr_name]
     momentum = next(g.momentum for g in groups(study.grid) if g.lr_name == lr_name)
-    grid = lr_grid(study.grid, momentum)
+    cluster = lr_name.rsplit("-mom", 1)[0]
+    mine = cluster_grid(study.grid, cluster)
+    grid = [round(lr * (1.0 - momentum), 12) for lr in all_lr_values(mine)]      # every lr of the cluster
     rows = []
     for method in METHODS:
         for w in sorted(study.grid["workers"]):
-            runs = by_key.get((method, w))
+            runs = _best_per_lr(by_key.get((method, w), []))
             if not runs:
                 continue
+            own_grid = lr_grid(mine, momentum, method, w)
             errors = [None if r.get("diverged") else r["final_test_error"] for r in runs]
-            finite = [e for e in errors if _finite(e)]
+            finite = [e for e in errors if finite_number(e)]
             best = min(finite) if finite else None
             stable = [r["config"]["lr"] for r, e in zip(runs, errors)
-                      if best is not None and _finite(e) and e <= STABLE_FACTOR * best]
+                      if best is not None and finite_number(e) and e <= STABLE_FACTOR * best]
             top = max(stable) if stable else None
             rows.append({"method": method, "workers": w, "lrs": [r["config"]["lr"] for r in runs],
                          "errors": [r["final_test_error"] for r in runs],
                          "diverged": [bool(r.get("diverged")) for r in runs],
                          "stable": [r["config"]["lr"] in stable for r in runs], "best_error": best,
                          "best_lr": None if best is None else runs[errors.index(best)]["config"]["lr"],
-                         "max_stable_lr": top, "at_grid_top": top is not None and top == max(grid),
-                         "complete": len(runs) == len(grid)})
+                         "max_stable_lr": top, "at_grid_top": top is not None and top == max(own_grid),
+                         "complete": len(runs) == len(own_grid)})
     most = []
     for w in sorted({r["workers"] for r in rows}):
         at_w = [r for r in rows if r["workers"] == w and r["max_stable_lr"] is not None]
@@ -383,9 +383,22 @@ def stability_facts(study: Study, lr_name: str) -> dict[str, Any]:
                      "at_grid_top": lr == max(grid),
                      "diverged_at_top": [r["method"] for r in everyone
                                          if any(d for x, d in zip(r["lrs"], r["diverged"]) if x == max(grid))]})
-    cluster = lr_name.rsplit("-mom", 1)[0]
     return {"lr_group": lr_name, "cluster": cluster, "momentum": momentum, "lr_grid": grid, "factor": STABLE_FACTOR,
             "rows": rows, "most_stable": most}
+
+
+def _best_per_lr(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per lr, by lr: where a method's own setting (S, m, R) was searched too, the best at that lr."""
+    def rank(r: dict[str, Any]) -> float:
+        error = r["final_test_error"]
+        return float("inf") if error is None or r.get("diverged") or not finite_number(error) else error
+
+    best: dict[float, dict[str, Any]] = {}
+    for r in runs:
+        lr = r["config"]["lr"]
+        if lr not in best or rank(r) < rank(best[lr]):
+            best[lr] = r
+    return [best[lr] for lr in sorted(best)]
 
 
 def coverage(study: Study) -> dict[str, Any]:
@@ -397,9 +410,13 @@ def coverage(study: Study) -> dict[str, Any]:
         "seeds": list(grid["seeds"]), "clusters": grid["clusters"], "momenta": list(grid["momenta"]),
         "protocols": list(grid["protocols"]), "protocols_left_out": [p for p in PROTOCOLS
                                                                     if p not in grid["protocols"]],
-        "lr_grid": list(grid["lr_grid"]), "val_size": grid["val_size"], "lam0_grid": list(grid.get("lam0_grid") or []),
+        "lr_grid": list(grid["lr_grid"]), "lr_grids": grid.get("lr_grids") or {}, "val_size": grid["val_size"],
+        "lam0_grid": list(grid.get("lam0_grid") or []),
         "lambda_workers": grid.get("lambda_workers"), "ssp_bound": grid.get("ssp_bound"),
-        "ssgd_lr_scale": grid.get("ssgd_lr_scale"),
+        **{key: grid.get(key) for key in ("rennala_s", "msync_m", "ringmaster_r", "time_budget", "budgets",
+                                          "sequential_time_s", "epoch_cap_factor", "epoch_caps", "cluster_grids",
+                                          "paper_methods")},
+        "epoch_cap_per_workers": study.meta.get("epoch_cap_per_workers"), "dropped": study.meta.get("dropped", []),
         **{k: base.get(k) for k in ("dataset", "model", "epochs", "batch_size", "lr_schedule", "eval_every",
                                     "base_time", "jitter")},
         "final_runs_expected": study.expected, "final_runs_reported": study.expected - len(study.missing),
@@ -416,7 +433,10 @@ def facts(study: Study, report_command: str, probe_run: Path | None = None) -> d
         "run_dir": str(study.run_dir), "rules": {"spread": SPREAD_RULE, "target": TARGET_RULE,
                                                  "stable": STABLE_RULE},
         "coverage": coverage(study),
-        "groups": [group_facts(study, g) for g in study.groups],
+        "groups": (group_list := [group_facts(study, g) for g in study.groups]),
+        "goals": {"statements": list(GOALS), "verdicts": goal_facts(group_list)},
+        "recommendations": recommendations(group_list),
+        "dropped": study.meta.get("dropped", []),
         "stability": [stability_facts(study, name) for name in lr_names],
         "lambda": {name: [{"lam0": r["config"]["lam0"], "workers": r["config"]["workers"],
                            "error": r["final_test_error"], "diverged": bool(r.get("diverged"))} for r in runs]

@@ -1,8 +1,10 @@
 """The plots of ``dcasgd report``: every line drawn from the runs' summaries (see :mod:`.findings`).
 
 - ``curves.png``: test error versus epochs, a panel per group x M, mean over seeds;
-- ``time_curves.png``: test error versus simulated seconds at the largest M, a panel
-  per group, with sequential SGD and its target (the analog of Fig. 3 of Zheng et al.);
+- ``time_curves.png``: test error versus simulated seconds, a panel per group x M, with
+  sequential SGD, its target and the time budget (the analog of Fig. 3 of Zheng et al.);
+- ``speedup.png``: speedup to sequential SGD's error versus M, a line per method and the
+  throughput ideal, a panel per group;
 - ``staleness.png``: the staleness distribution of applied gradients, per cluster x M;
 - ``stability.png``: validation error versus lr in the lr-selection runs;
 - ``lambda.png``: DC-ASGD-a's final error versus lam0 (when lambda runs exist).
@@ -31,12 +33,12 @@ from .findings import STABLE_FACTOR, Study  # noqa: E402
 LABELS = {"sequential": "Sequential SGD", "ssgd": "SSGD (sync)", "asgd": "ASGD", "ssp": "SSP",
           "staleness": "Staleness-scaled lr", "delay-adaptive": "Delay-adaptive", "gap-aware": "Gap-aware",
           "adadelay": "AdaDelay", "dana": "DANA", "dc-asgd-c": "DC-ASGD-c", "dc-asgd-a": "DC-ASGD-a",
-          "rennala": "Rennala SGD", "msync": "m-sync SGD", "ringmaster": "Ringmaster ASGD",
-          "ringmaster-stop": "Ringmaster ASGD (stops)"}
+          "msync": "m-sync SGD", "rennala": "Rennala SGD", "ringmaster": "Ringmaster ASGD",
+          "ringmaster-stop": "Ringmaster (stops)"}
 COLORS = {"sequential": "black", "ssgd": "tab:blue", "asgd": "tab:orange", "ssp": "tab:purple",
           "staleness": "tab:brown", "delay-adaptive": "tab:pink", "gap-aware": "tab:gray", "adadelay": "tab:olive",
-          "dana": "tab:cyan", "dc-asgd-c": "tab:green", "dc-asgd-a": "tab:red", "rennala": "gold",
-          "msync": "darkblue", "ringmaster": "darkgreen", "ringmaster-stop": "limegreen"}
+          "dana": "tab:cyan", "dc-asgd-c": "tab:green", "dc-asgd-a": "tab:red", "msync": "navy",
+          "rennala": "darkgoldenrod", "ringmaster": "darkviolet", "ringmaster-stop": "magenta"}
 
 
 def style(method: str) -> dict[str, Any]:
@@ -132,26 +134,59 @@ def plot_curves(study: Study, facts: dict[str, Any], path: Path) -> Path:
 
 
 def plot_time_curves(study: Study, facts: dict[str, Any], path: Path) -> Path:
-    top = _panel_workers(study)[-1]
-    targets = {g["name"]: g["target"] for g in facts["groups"]}
-    fig, axes = _wrapped(len(study.groups))
-    for index, group in enumerate(study.groups):
-        ax, cells = axes.flat[index], study.final[group.name]
+    """Test error versus simulated time, a panel per group x M, with sequential SGD and its target in each."""
+    workers = _panel_workers(study)
+    groups = {g["name"]: g for g in facts["groups"]}
+    fig, axes = _wrapped(len(study.groups) * len(workers), len(workers))
+    for row, group in enumerate(study.groups):
+        cells, g = study.final[group.name], groups.get(group.name, {})
+        for col, w in enumerate(workers):
+            ax = axes.flat[row * len(workers) + col]
+            for method in METHODS:
+                runs = cells.get((method, 1 if method == "sequential" else w))
+                if runs:
+                    xs, ys = mean_curve(runs, "time_s")
+                    keep = [(x, y) for x, y in zip(xs, ys) if x > 0]        # log axis: the start is at t = 0
+                    if keep:
+                        ax.plot(*zip(*keep), **style(method))
+            if g.get("target"):
+                ax.axhline(g["target"]["error"], color="black", linestyle=":", linewidth=1,
+                           label="target (sequential SGD's final error)")
+            if g.get("time_budget_s"):
+                ax.axvline(g["time_budget_s"], color="dimgray", linestyle="-.", linewidth=1, label="time budget")
+            ax.set_title(f"{group.name}, M={w}", fontsize=9)
+            _axes_style(ax, "simulated time (s)", "test error (%)", logx=True)
+    return _finish(fig, axes, path, "Test error versus simulated time (sequential SGD: M = 1, dashed); "
+                   "mean over seeds", facts)
+
+
+def plot_speedup(study: Study, facts: dict[str, Any], path: Path) -> Path:
+    """Speedup to sequential SGD's error versus M, a panel per group: a line per method (mean over the seeds that
+    reached it; hollow markers where not every seed did) and the throughput ideal."""
+    groups = [g for g in facts["groups"] if g.get("speedups")]
+    fig, axes = _wrapped(max(1, len(groups)))
+    for index, g in enumerate(groups):
+        ax = axes.flat[index]
+        ideal = [(1, 1.0)] * (1 in study.grid["workers"]) + [(i["workers"], i["mean"]) for i in g["ideal"] if i["mean"]]
+        if ideal:
+            ax.plot(*zip(*ideal), color="black", linestyle="--", linewidth=1.5, marker="s", markersize=3,
+                    label="throughput ideal")
         for method in METHODS:
-            runs = cells.get((method, 1 if method == "sequential" else top))
-            if runs:
-                xs, ys = mean_curve(runs, "time_s")
-                keep = [(x, y) for x, y in zip(xs, ys) if x > 0]            # log axis: the start is at t = 0
-                if keep:
-                    ax.plot(*zip(*keep), **style(method))
-        target = targets.get(group.name)
-        if target:
-            ax.axhline(target["error"], color="black", linestyle=":", linewidth=1,
-                       label="target (sequential SGD's final error)")
-        ax.set_title(f"{group.name}, M={top}", fontsize=9)
-        _axes_style(ax, "simulated time (s)", "test error (%)", logx=True)
-    return _finish(fig, axes, path, f"Test error versus simulated time at M = {top} (sequential SGD: M = 1, "
-                   "dashed); mean over seeds", facts)
+            rows = sorted((r for r in g["speedups"] if r["method"] == method and r["mean"]), key=lambda r: r["workers"])
+            if rows:
+                line, = ax.plot([r["workers"] for r in rows], [r["mean"] for r in rows], marker="o", markersize=4,
+                                **style(method))
+                for r in rows:
+                    if r["reached"] < r["runs"]:
+                        ax.plot(r["workers"], r["mean"], "o", markersize=7, mfc="white", color=line.get_color())
+        ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.set_title(g["name"], fontsize=9)
+        _axes_style(ax, "workers M", "speedup over sequential SGD", logx=True)
+        ticks = sorted({r["workers"] for r in g["speedups"]} | {w for w, _ in ideal})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    return _finish(fig, axes, path, "Speedup to sequential SGD's final error versus M (times sooner; mean over the "
+                   "seeds that reached it, hollow: not every seed did)", facts)
 
 
 def plot_staleness(study: Study, facts: dict[str, Any], path: Path) -> Path:

@@ -13,7 +13,7 @@ Writes into DIR (or ``--to``), for every group (cluster x protocol x momentum) w
   DC-ASGD-a and -c against ASGD, the paper's ordering DC-ASGD-a < DC-ASGD-c <
   ASGD, SSGD, who reaches sequential SGD's error soonest, how close each method
   gets at the largest M, who is stable at the largest lr;
-- ``curves.png``, ``time_curves.png``, ``staleness.png``, ``stability.png``,
+- ``curves.png``, ``time_curves.png``, ``speedup.png``, ``staleness.png``, ``stability.png``,
   ``lambda.png`` (see :mod:`.plots`) and, from a probe run (``--probe``, or a
   ``probe*`` run directory inside DIR or next to it), ``compensation.png`` and
   ``compensation.md``.
@@ -63,13 +63,17 @@ def write_report(run_dir: Path, to: Path | None = None, probe_run: Path | None =
     if probe_run is not None and not compensation:
         raise ReportError(f"report: {probe_run} holds no probe records (a run made with --probe-every)")
     numbers = facts(study, report_command(run_dir, to, probe_run), used)
+    speedups = any(g.get("speedups") for g in numbers["groups"])
     numbers["files"] = (["table.md", "table.csv", "stability.csv", "findings.md", "findings.json", "curves.png",
-                         "time_curves.png", "staleness.png"] + (["stability.png"] if numbers["stability"] else [])
+                         "time_curves.png", "staleness.png"] + (["speedup.png"] if speedups else [])
+                        + (["stability.png"] if numbers["stability"] else [])
                         + (["lambda.png"] if study.lambda_runs else []) + [p.name for p in compensation])
     written = write_tables(numbers, out) + write_findings(numbers, out)
     written.append(plots.plot_curves(study, numbers, out / "curves.png"))
     written.append(plots.plot_time_curves(study, numbers, out / "time_curves.png"))
     written.append(plots.plot_staleness(study, numbers, out / "staleness.png"))
+    if speedups:
+        written.append(plots.plot_speedup(study, numbers, out / "speedup.png"))
     if numbers["stability"]:
         written.append(plots.plot_stability(study, numbers, out / "stability.png"))
     if study.lambda_runs:
@@ -122,14 +126,24 @@ def describe(group: dict[str, Any]) -> str:
     settings = ", ".join(f"{k} {_setting(v)}" for k, v in group["cluster_settings"].items())
     cluster = f"cluster {group['cluster']} ({settings or 'no extra settings'})"
     if group["protocol"] == "paper":
-        edge = group.get("paper_lr_at_grid_edge")
-        lr = "n/a" if group.get("paper_lr") is None else f"{group['paper_lr']:g}"
-        protocol = (f"protocol paper (every method at sequential SGD's lr {lr}, chosen on "
-                    f"validation" + (f" at the {edge} value of the lr grid" if edge else "")
-                    + "; SSGD's lr is in its cell)")
+        lrs = group.get("paper_lr") or {}
+        edges = group.get("paper_lr_at_grid_edge") or {}
+        asgd = ", ".join(f"M={w}: {lr:g}" + (f" ({edges[w]} of the lr grid)" if edges.get(w) else "")
+                         for w, lr in lrs.items()) or "n/a"
+        protocol = (f"protocol paper (every asynchronous method at ASGD's lr for its M, chosen on validation: "
+                    f"{asgd}; sequential SGD, SSGD, m-sync and Rennala at their own, in their cells)")
     else:
-        protocol = "protocol tuned (each method and M at its own lr, chosen on validation)"
-    return f"{cluster}; {protocol}; momentum {group['momentum']:g}"
+        protocol = "protocol tuned (each method and M at its own lr, and S/m/R, chosen on validation)"
+    return f"{cluster}; {protocol}; momentum {group['momentum']:g}" + budget_text(group)
+
+
+def budget_text(group: dict[str, Any]) -> str:
+    """The group's time budget and epoch caps, in words ('' without a budget)."""
+    if not group.get("time_budget_s"):
+        return ""
+    caps = ", ".join(f"M={w}: {e:g}" for w, e in (group.get("epoch_caps") or {}).items())
+    return (f"; every run a budget of {secs(group['time_budget_s'])} simulated seconds (sequential SGD's time for "
+            f"its epochs, the slowest seed) and an epoch cap ({caps})")
 
 
 def _setting(value: Any) -> str:
@@ -144,12 +158,85 @@ def lr_text(lr: float | list[float]) -> str:
 
 def error_cell(c: dict[str, Any], protocol: str) -> str:
     edge = c["lr_at_grid_edge"] if protocol == "tuned" else None        # paper: said once, in the heading
-    lr = f"lr {lr_text(c['lr'])}" + (f" ({edge} of grid)" if edge else "")
+    lr = f"lr {lr_text(c['lr'])}" + (f" ({edge} of grid)" if edge else "") + param_text(c)
     if c["diverged"] == c["runs"]:
         error = f", error {pm(c['mean'], c['std'])}" if c["mean"] is not None else ""
         return f"diverged ({c['diverged']}/{c['runs']} seeds{error}, {lr})"
     diverged = f", {c['diverged']} diverged" if c["diverged"] else ""
     return f"{pm(c['mean'], c['std'])} (n={c['n']}{diverged}, {lr})"
+
+
+ENDED = {"epochs": "epoch cap", "time_budget": "budget", "target": "target"}
+
+
+def ended_text(c: dict[str, Any]) -> str:
+    """'; ended at: epoch cap 3' (how a cell's runs ended: epoch cap, budget, target, or an outcome)."""
+    ended = c.get("ended_by") or {}
+    return "; ended at: " + ", ".join(f"{ENDED.get(k, k)} {n}" for k, n in ended.items()) if ended else ""
+
+
+def param_text(c: dict[str, Any]) -> str:
+    """A cell's own method setting: ', S 4' (Rennala), ', m 8' (m-sync), ', R 6' (Ringmaster); '' without one."""
+    if c.get("param") is None:
+        return ""
+    name = {"rennala": "S", "msync": "m"}.get(c["method"], "R")
+    return f", {name} {lr_text(c['param'])}"
+
+
+def times(mean: float | None, std: float | None, n: int = 2) -> str:
+    """A speedup: '6.1 ± 0.4x' (no spread for one value)."""
+    if mean is None:
+        return "n/a"
+    return f"{mean:.2f}x" if n < 2 else f"{mean:.2f} ± {std:.2f}x"
+
+
+def speedup_cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    if not row["reached"]:
+        return f"not reached (0/{row['runs']})"
+    return f"{times(row['mean'], row['std'], row['n'])} ({row['reached']}/{row['runs']})"
+
+
+def share_cell(row: dict[str, Any] | None) -> str:
+    if row is None or row["share"]["mean"] is None:
+        return ""
+    share = row["share"]
+    return (f"{100 * share['mean']:.0f}%" + (f" ± {100 * share['std']:.0f}%" if share["n"] > 1 else "")
+            + f" ({share['n']}/{row['runs']})")
+
+
+def speedup_tables(g: dict[str, Any], methods: list[str], workers: list[int]) -> list[str]:
+    """Speedup over sequential SGD and share of the throughput ideal per (method, M), the ideal and m* rows."""
+    rows = {(r["method"], r["workers"]): r for r in g.get("speedups", [])}
+    if not rows:
+        return []
+    ideal = {i["workers"]: i for i in g.get("ideal", [])}
+    stars = {m["workers"]: m for m in g.get("m_star", [])}
+    asynchronous = [m for m in methods if m != "sequential"]
+    workers = [w for w in workers if w > 1]
+    lines = ["", "Speedup to sequential SGD's final error: sequential SGD's simulated time for its epochs over the "
+             "time a run first reached that error, per seed (same seed), mean ± std over the seeds that reached "
+             "it (reached/seeds); the throughput ideal is the workers' summed gradient rate over sequential SGD's:",
+             ""]
+    lines += _table(asynchronous, workers, lambda m, w: speedup_cell(rows.get((m, w))))
+    lines.append("| *throughput ideal* | " + " | ".join(
+        times(ideal[w]["mean"], ideal[w]["std"], ideal[w]["n"]) if w in ideal else "" for w in workers) + " |")
+    if any(stars[w]["c"] for w in stars):
+        lines.append("| *m\\* (model, c = Rennala's S)* | " + " | ".join(
+            _star_text(stars.get(w)) for w in workers) + " |")
+    lines += ["", "Share of the throughput ideal (measured speedup / ideal, per seed; mean ± std over the seeds "
+              "that reached the target):", ""]
+    lines += _table(asynchronous, workers, lambda m, w: share_cell(rows.get((m, w))))
+    return lines
+
+
+def _star_text(star: dict[str, Any] | None) -> str:
+    if not star or not star["c"] or star["m"]["mean"] is None:
+        return ""
+    m, model = star["m"], star["model_speedup"]
+    return (f"{m['mean']:.3g}" + (f" ± {m['std']:.2g}" if m["n"] > 1 else "") + f" of {star['workers']} "
+            f"(c = {star['c']}; model speedup {times(model['mean'], model['std'], model['n'])})")
 
 
 def _table(rows: list[str], workers: list[int], cell) -> list[str]:
@@ -169,7 +256,9 @@ def write_tables(numbers: dict[str, Any], out: Path) -> list[Path]:
     rows_csv = [["group", "cluster", "protocol", "momentum", "method", "workers", "runs", "n_errors", "diverged",
                  "mean_error_pct", "std_error_pct", "errors_pct", "lr", "lr_at_grid_edge", "target_error_pct",
                  "reached_target", "time_to_target_mean_s", "time_to_target_std_s", "times_to_target_s",
-                 "error_at_sequential_finish_mean_pct", "error_at_sequential_finish_std_pct"]]
+                 "error_at_sequential_finish_mean_pct", "error_at_sequential_finish_std_pct", "param",
+                 "ended_by", "speedup_mean", "speedup_std", "speedups_per_seed", "share_of_ideal_mean",
+                 "share_of_ideal_std", "ideal_speedup_mean", "time_budget_s", "epochs_done_mean"]]
     any_edge = False
     for g in numbers["groups"]:
         cells = {(c["method"], c["workers"]): c for c in g["cells"]}
@@ -192,7 +281,8 @@ def write_tables(numbers: dict[str, Any], out: Path) -> list[Path]:
                 if t is None:
                     return ""
                 return (f"{secs_pm(t['mean_s'], t['std_s'], t['reached'])} ({t['reached']}/{t['runs']})" if t["reached"]
-                        else f"not reached (0/{t['runs']})")
+                        else f"not reached (0/{t['runs']}"
+                        + (ended_text(cells[(m, w)]) if g.get("time_budget_s") else "") + ")")
 
             def at_finish(m: str, w: int) -> str:
                 t = ttt.get((m, w))
@@ -203,10 +293,14 @@ def write_tables(numbers: dict[str, Any], out: Path) -> list[Path]:
             lines += ["", f"Test error (%) at the simulated time sequential SGD finished "
                       f"({secs(target['sequential_finish_s'])} s; the last evaluation at or before it):", ""]
             lines += _table(methods, workers, at_finish)
+            lines += speedup_tables(g, methods, workers)
         lines.append("")
+        speedups = {(r["method"], r["workers"]): r for r in g.get("speedups", [])}
+        ideal = {i["workers"]: i for i in g.get("ideal", [])}
         for c in g["cells"]:
             t = ttt.get((c["method"], c["workers"]), {})
             at = t.get("error_at_sequential_finish", {})
+            sp = speedups.get((c["method"], c["workers"]), {})
             rows_csv.append([g["name"], g["cluster"], g["protocol"], g["momentum"], c["method"], c["workers"],
                              c["runs"], c["n"], c["diverged"], _num(c["mean"]), _num(c["std"]),
                              ";".join(_num(e) for e in c["errors"]),
@@ -214,12 +308,20 @@ def write_tables(numbers: dict[str, Any], out: Path) -> list[Path]:
                              c["lr_at_grid_edge"] or "", _num(target["error"]) if target else "",
                              t.get("reached", ""), _num(t.get("mean_s")), _num(t.get("std_s")),
                              ";".join(_num(x) for x in t.get("times_s", [])), _num(at.get("mean")),
-                             _num(at.get("std"))])
+                             _num(at.get("std")), "" if c.get("param") is None else c["param"],
+                             ";".join(f"{k}:{v}" for k, v in (c.get("ended_by") or {}).items()),
+                             _num(sp.get("mean")), _num(sp.get("std")),
+                             ";".join(_num(x) for x in (sp.get("per_seed") or {}).values()),
+                             _num((sp.get("share") or {}).get("mean")), _num((sp.get("share") or {}).get("std")),
+                             _num(ideal.get(c["workers"], {}).get("mean")), _num(g.get("time_budget_s")),
+                             _num(c.get("epochs_done"))])
     if any_edge:
-        lr_grid = numbers["coverage"]["lr_grid"]
+        cov = numbers["coverage"]
+        own = "; per method and M: " + "; ".join(f"{k} {', '.join(f'{v:g}' for v in values)}" for k, values in
+                                                 cov["lr_grids"].items()) if cov.get("lr_grids") else ""
         lines += [f"_(smallest/largest of grid)_: the lr this cell used was chosen on validation at an edge of "
-                  f"the lr grid ({', '.join(f'{v:g}' for v in lr_grid)}, times 1 - momentum), so a wider grid "
-                  f"might do better there.", ""]
+                  f"its lr grid ({', '.join(f'{v:g}' for v in cov['lr_grid'])}{own}; times 1 - momentum), so a "
+                  f"wider grid might do better there.", ""]
     stab_csv = [["lr_group", "cluster", "momentum", "method", "workers", "lr", "validation_error_pct", "diverged",
                  "stable", "max_stable_lr"]]
     if numbers["stability"]:
@@ -277,6 +379,7 @@ def write_findings(numbers: dict[str, Any], out: Path) -> list[Path]:
     lines = ["# Findings", ""] + header(numbers) + [
         "", f"How to read: test errors in percent, {SPREAD_RULE}. {_capital(TARGET_RULE)}. "
         "The paper (Zheng et al. 2017, Table 1, CIFAR-10) found DC-ASGD-a < DC-ASGD-c < ASGD.", ""]
+    lines += goal_lines(numbers) + dropped_lines(numbers)
     for g in numbers["groups"]:
         lines += [f"## `{g['name']}`", "", describe(g) + ".", ""]
         by_w: dict[int, list[dict[str, Any]]] = {}
@@ -322,6 +425,7 @@ def write_findings(numbers: dict[str, Any], out: Path) -> list[Path]:
                      f"{secs_pm(target['sequential_finish_s'], target['sequential_finish_std_s'], target['n'])}. "
                      + ". ".join(soon)
                      + (f". Over all M: {_soonest_text(overall, with_m=True)}." if len(soon) > 1 else "."))
+        lines += speedup_findings(g)
         for rung in g.get("ladder", []):
             took = (secs_pm(rung["sequential_s"], rung["sequential_std_s"], rung["sequential_n"])
                     if rung["sequential_n"] else "never")
@@ -372,6 +476,74 @@ def write_findings(numbers: dict[str, Any], out: Path) -> list[Path]:
     md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     js.write_text(json.dumps(numbers, indent=1) + "\n", encoding="utf-8")
     return [md, js]
+
+
+def vs_ssgd_text(vs: dict[str, Any] | None) -> str:
+    """How many times sooner than SSGD, with the seeds where SSGD never got there as a lower bound."""
+    if not vs:
+        return "no SSGD runs at this M"
+    parts = []
+    if vs["n"]:
+        parts.append(f"{times(vs['mean'], vs['std'], vs['n'])} sooner than SSGD ({vs['n']} seeds both reached it)")
+    if vs["ssgd_not_reached"]:
+        bound = min(vs["at_least_per_seed"].values())
+        parts.append(f"SSGD did not reach it in {len(vs['ssgd_not_reached'])} seed(s): at least {bound:.2f}x sooner "
+                     f"there")
+    return "; ".join(parts) or "SSGD comparison n/a"
+
+
+def speedup_findings(g: dict[str, Any]) -> list[str]:
+    """The speedup of the soonest method per M, against sequential SGD, SSGD and the ideal; and m* (a model)."""
+    ideal = {i["workers"]: i for i in g.get("ideal", [])}
+    parts = []
+    for s in g["soonest"]:
+        w, i = s["workers"], ideal.get(s["workers"])
+        ideal_text = f"; throughput ideal {times(i['mean'], i['std'], i['n'])}" if i and i["mean"] else ""
+        if not s.get("method"):
+            parts.append(f"M={w}: no method reached it{ideal_text}")
+            continue
+        sp = s["speedup"]
+        share = sp["share"]
+        share_text = (f", {100 * share['mean']:.0f}%" + (f" ± {100 * share['std']:.0f}%" if share["n"] > 1 else "")
+                      + " of it") if share["mean"] is not None else ""
+        parts.append(f"M={w}: {LABELS[s['method']]} {times(sp['mean'], sp['std'], sp['n'])} sooner than sequential "
+                     f"SGD ({sp['reached']}/{sp['runs']} seeds); {vs_ssgd_text(s.get('vs_ssgd'))}{ideal_text}"
+                     f"{share_text}")
+    lines = (["- **Speedup to sequential SGD's error (the soonest method per M):** " + ". ".join(parts) + "."]
+             if parts else [])
+    stars = [m for m in g.get("m_star", []) if m["c"] and m["m"]["mean"] is not None]
+    if stars:
+        lines.append("- **m\\* (a model, not a measurement; Tyurin and Richtárik 2023, c = Rennala's S chosen on "
+                     "validation):** " + "; ".join(f"M={m['workers']}: {_star_text(m)}" for m in stars)
+                     + ": the number of fastest workers worth their staleness.")
+    return lines
+
+
+def goal_lines(numbers: dict[str, Any]) -> list[str]:
+    goals = numbers.get("goals") or {}
+    if not goals.get("verdicts"):
+        return []
+    lines = ["## Goals", ""] + [f"- {text}" for text in goals["statements"]] + [""]
+    for v in goals["verdicts"]:
+        if v["goal"] == "G1":
+            seeds = "; ".join(f"seed {k}: {x['speedup']:.2f}x sequential, " + (
+                f"{x['vs_ssgd']:.2f}x SSGD" if x["vs_ssgd"] is not None else "SSGD n/a")
+                for k, x in v["per_seed"].items() if x["speedup"] is not None)
+            lines.append(f"- G1 `{v['group']}`: **{v['verdict']}**" + (
+                f" ({LABELS[v['method']]}: {seeds})" if v["method"] else " (no method reached sequential SGD's error)"
+                if v["verdict"] == "missed" else ""))
+        else:
+            at = "; ".join(f"M={w}: " + (f"{LABELS[x['method']]} {secs_pm(x['mean_s'], x['std_s'], x['reached'])}"
+                                         if x else "none reached it") for w, x in v["at"].items())
+            lines.append(f"- G2 `{v['group']}`: **{v['verdict']}** ({at})")
+    return lines + [""]
+
+
+def dropped_lines(numbers: dict[str, Any]) -> list[str]:
+    dropped = numbers.get("dropped") or []
+    if not dropped:
+        return []
+    return ["_Not run (recorded by compare): " + "; ".join(f"{d['what']}: {d['why']}" for d in dropped) + "._", ""]
 
 
 def _soonest_text(s: dict[str, Any] | None, with_m: bool = False) -> str:

@@ -323,13 +323,10 @@ class RayRun:
         event_ref = a.coordinator.wait_event.remote(self.tick_s)
         stop_asked = False
         while self.pending or self.resubmit_at:
-            if (self.time_limit_s is not None and not stop_asked
-                    and time.perf_counter() - self.loop_start >= self.time_limit_s):
+            reason = None if stop_asked else self._stop_reason_now()
+            if reason is not None:
                 stop_asked = True
-                self._server_call(a.coordinator.request_stop.remote("time_limit"))
-            if signals.STOP.requested and not stop_asked:        # Ctrl-C / SIGTERM: stop granting, then finish
-                stop_asked = True
-                self._server_call(a.coordinator.request_stop.remote("interrupted"))
+                self._server_call(a.coordinator.request_stop.remote(reason))
             for m, at in list(self.resubmit_at.items()):
                 if time.time() >= at:
                     del self.resubmit_at[m]
@@ -357,6 +354,18 @@ class RayRun:
         self._on_status(self._server_call(event_ref))
         self._on_status(self._server_call(a.coordinator.wait_event.remote(0)))
         self._drain()
+
+    def _stop_reason_now(self) -> str | None:
+        """Why training should stop now, if it should: a signal, the test hook's time limit, the target error reached
+        by an evaluation, or the time budget (wall seconds of training) spent (:mod:`dcasgd.engine.budget`)."""
+        if signals.STOP.requested:                     # Ctrl-C / SIGTERM: stop granting, then finish
+            return "interrupted"
+        if self.time_limit_s is not None and time.perf_counter() - self.loop_start >= self.time_limit_s:
+            return "time_limit"
+        stop = self.recorder.stop
+        if stop.ended_by is None and stop.over_budget(time.time() - self.t0):
+            stop.end_at_budget()
+        return {"target": "target_error", "time_budget": "time_budget"}.get(stop.ended_by)
 
     def _server_call(self, ref: Any) -> Any:
         try:
@@ -595,7 +604,8 @@ class RayRun:
             return "max_refused"
         if self.stop_reason in ("stop_after_updates", "time_limit"):
             return "stopped"
-        return "finished" if self.stop_reason == "target" else "no_live_workers"
+        finished = ("target", "target_error", "time_budget")       # the epoch cap, the target error, the budget
+        return "finished" if self.stop_reason in finished else "no_live_workers"
 
     def _time_split(self) -> dict[str, float] | None:
         """Where a worker's time went, in ms per gradient (workers that stopped when told; with one shard the
