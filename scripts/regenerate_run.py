@@ -10,7 +10,8 @@ that method's largest M and last seed; ``--record FILE``
 writes what came out, with the date, commit and command, as Markdown.
 
 Every field the committed summary.json holds must come out equal, except the
-wall-clock ones (``wall_time_s``, ``eval_wall_s``) and the command line; the
+wall-clock ones (``wall_time_s``, ``eval_wall_s``), the command line and the run's
+identity (``run_id``, new for every run); the
 configuration is compared field by field for the settings it records.  Each
 run uses the torch thread count its summary records (``torch_threads``; one
 where a summary predates that key, as ``dcasgd compare --jobs 2`` used on 2
@@ -34,7 +35,7 @@ from dcasgd.api import run
 from dcasgd.study.compare import git_commit
 from dcasgd.study.findings import base_config
 
-WALL_CLOCK = {"wall_time_s", "eval_wall_s", "command"}
+WALL_CLOCK = {"wall_time_s", "eval_wall_s", "command", "run_id"}      # (and the identity: each run its own)
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
