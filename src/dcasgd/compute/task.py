@@ -1,4 +1,4 @@
-"""What to train: a model factory, the data, a loss and an evaluation metric.
+"""What to train: a model factory, the data, a step (or a loss), and an evaluation.
 
 The built-in names (``--model mlp``, ``--dataset fashion-mnist``) are one way
 to make a :class:`Task`; a user's own objects are the other:
@@ -7,16 +7,36 @@ to make a :class:`Task`; a user's own objects are the other:
   parameters (a factory, not a module: the Ray backend builds one in every
   worker process, so it must be picklable; the run seeds torch before calling
   it, so the initial weights follow the run's seed);
-- **data**: a ``torch.utils.data.Dataset`` of ``(input, target)`` pairs, or a
-  pair of tensors ``(inputs, targets)``.  It is read once into two tensors
-  (held in memory, as the simulator and the Ray object store need them);
-  floating-point inputs become float32;
-- **loss** and **metric**: see :mod:`dcasgd.compute.objectives`.
+- **data**, two paths (:mod:`dcasgd.compute.batches`):
 
-On the command line, ``--model``, ``--dataset``, ``--loss`` and ``--metric``
-also take an import path ``package.module:name``.  For ``--dataset`` it names
-a zero-argument function returning ``(train, test)``, each a Dataset or a
-tensor pair.
+  - *tensors*, a pair ``(inputs, targets)`` or a ``TensorDataset`` of two, and
+    the built-in data sets: held in memory, a batch is ``x[idx], y[idx]`` (the
+    fast path); floating-point tensors become float32.  ``augment`` adds the
+    built-in random crop and flip to image tensors (N, C, H, W);
+  - *lazy*, any other map-style Dataset (``__len__`` and ``__getitem__``,
+    optionally ``__getitems__``), and tensor data given a ``transform`` or a
+    ``collate_fn``: each worker reads only the items of its own mini-batches,
+    applies ``transform`` to each input and collates them (``collate_fn``,
+    default ``default_collate`` with floats as float32).  Such a Dataset
+    reaches a Ray worker as the object itself (pickled: it should hold paths,
+    not arrays), or a zero-argument function returning it (``data=make_set``;
+    on the command line the ``--dataset`` import path), which each worker calls;
+
+  a ``DataLoader`` is refused: the workers shard the data themselves, so pass
+  its ``dataset`` and ``collate_fn``;
+- **step_fn(model, batch) -> loss**: the batch's mean loss, which workers
+  differentiate; the batch is whatever the collate function returns (a dict,
+  a tuple, nested tensors).  Default: ``loss_fn(model(input), target)``;
+- **eval_fn(model, batch) -> (metric_sum, count)**: what evaluations report
+  as ``test_error``, ``sum of metric_sum / sum of count`` over the evaluation
+  batches (exact over unequal batches).  Default: the ``metric`` and
+  ``loss_fn`` of ``(input, target)`` batches (:mod:`dcasgd.compute.objectives`).
+
+On the command line, ``--model``, ``--dataset``, ``--loss``, ``--metric``,
+``--step``, ``--eval``, ``--transform`` and ``--collate`` take an import path
+``package.module:name`` (the first four also a built-in name).  For
+``--dataset`` it names a zero-argument function returning ``(train, test)``,
+each a Dataset or a tensor pair.
 """
 
 from __future__ import annotations
@@ -31,9 +51,12 @@ from torch import nn
 
 from ..errors import InputError
 from ..names import DATASETS, MODELS
-from .data import Dataset, load_dataset, split_validation
+from .augment import make_augment
+from .batches import DatasetSource, TensorSource, eval_batches, fetch_items
+from .data import Dataset, load_dataset, load_train_images, split_validation, validation_indices
 from .models import build_model
 from .objectives import LOSSES, METRICS, Loss, Metric, classification_error
+from .worker import EvalFn, LossStep, StepFn
 
 ModelFn = Callable[[], nn.Module]
 
@@ -42,23 +65,97 @@ class TaskError(InputError):
     """A model, data set, loss or metric that cannot be used (bad import path, wrong shapes, ...)."""
 
 
+class IndexedView(torch.utils.data.Dataset):
+    """The items of ``dataset`` at ``indices`` (an int64 tensor), in that order; batched reads stay batched."""
+
+    def __init__(self, dataset: Any, indices: torch.Tensor) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[int(self.indices[i])]
+
+    def __getitems__(self, positions: list[int]) -> list[Any]:
+        return fetch_items(self.dataset, self.indices[positions].tolist())
+
+
+@dataclass
+class LazyData:
+    """A user's map-style Datasets, read lazily by the workers (:class:`~dcasgd.compute.batches.DatasetSource`).
+
+    ``train`` is the training items (a view without the validation ones), ``test`` what evaluations
+    of the test split read, ``val`` the held-out ones.  ``make_train`` is how a Ray worker gets the
+    training Dataset (picklable, zero arguments): the object itself, or the user's factory; the
+    worker then holds out the same ``val_size`` items with the same ``seed``.
+    """
+
+    name: str
+    train: Any
+    test: Any
+    val: Any
+    num_classes: int | None
+    collate_fn: Callable[[list[Any]], Any] | None
+    transform: Callable[[Any], Any] | None
+    make_train: Callable[[], Any]
+    val_size: int = 0
+    seed: int = 0
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    def source(self) -> DatasetSource:
+        return DatasetSource(self.train, self.collate_fn, self.transform)
+
+
 @dataclass
 class Task:
-    """A model factory, the data (train/val/test tensors), the loss and the metric of one run."""
+    """A model factory, the data (tensors or lazy Datasets), the step, the loss and the evaluation of one run."""
 
     model_fn: ModelFn
-    data: Dataset
+    data: Dataset | LazyData
     loss_fn: Loss
     metric: Metric
     eval_on_train: bool = False          # no evaluation set was given: evaluations use the training data
+    step_fn: StepFn | None = None        # None: loss_fn(model(input), target)
+    eval_fn: EvalFn | None = None        # None: metric and loss_fn of (input, target) batches
+    augment: str = "none"                # built-in augmentation of tensor images (compute/augment.py)
 
     @property
     def chance_error(self) -> float | None:
         """The metric of a model that guesses (reported for a diverged run): ``100 (1 - 1/C)`` for
         classification error with C classes; None for other metrics."""
-        if self.metric is classification_error and self.data.num_classes:
+        if self.eval_fn is None and self.metric is classification_error and self.data.num_classes:
             return 100.0 * (1 - 1 / self.data.num_classes)
         return None
+
+    @property
+    def data_path(self) -> str:
+        """``"tensor"`` (batches index-selected from tensors in memory) or ``"lazy"`` (read from a Dataset)."""
+        return "lazy" if isinstance(self.data, LazyData) else "tensor"
+
+    @property
+    def step(self) -> StepFn:
+        return self.step_fn if self.step_fn is not None else LossStep(self.loss_fn)
+
+    def train_source(self) -> TensorSource | DatasetSource | None:
+        """Where the training batches come from; None for the simulator's inline tensor path (tensors,
+        no augmentation, the default step), whose bits every committed run was made with."""
+        if isinstance(self.data, LazyData):
+            return self.data.source()
+        augment = make_augment(self.augment, self.data.norm)
+        if augment is None and self.step_fn is None:
+            return None
+        return TensorSource(self.data.train_x, self.data.train_y, augment=augment)
+
+    def eval_set(self, split: str) -> tuple[torch.Tensor, torch.Tensor] | Any:
+        """What evaluations of ``split`` ("test" or "val") read: a tensor pair, or a Dataset (lazy data)."""
+        d = self.data
+        if isinstance(d, LazyData):
+            return d.val if split == "val" else d.test
+        return (d.val_x, d.val_y) if split == "val" else (d.test_x, d.test_y)
 
 
 def resolve(path: str, what: str) -> Any:
@@ -87,22 +184,40 @@ def metric_by_name(name: str) -> Metric:
     return METRICS[name] if name in METRICS else resolve(name, "metric")
 
 
+def optional_by_path(path: str | None, what: str) -> Callable | None:
+    """The callable an optional import path names (None stays None)."""
+    return None if path is None else resolve(path, what)
+
+
+def is_tensor_data(data: Any) -> bool:
+    """A pair of tensors ``(inputs, targets)`` or a TensorDataset of two: the in-memory path."""
+    if isinstance(data, (tuple, list)):
+        return len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+    return isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2
+
+
+def refuse_loader(data: Any, what: str) -> None:
+    """A DataLoader (or an iterable Dataset) cannot be sharded by index: one line saying what to pass."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        raise TaskError(f"{what}: a DataLoader cannot be used, the workers shard the data themselves: pass its "
+                        f"dataset and collate_fn instead (data=loader.dataset, collate_fn=loader.collate_fn, "
+                        f"batch_size=loader.batch_size)")
+    if isinstance(data, torch.utils.data.IterableDataset):
+        raise TaskError(f"{what}: an IterableDataset cannot be sharded by index; pass a map-style Dataset "
+                        f"(__len__ and __getitem__)")
+
+
+def _is_map_style(data: Any) -> bool:
+    """A torch Dataset, or any other object with ``__len__`` and ``__getitem__`` (not a plain list or tuple)."""
+    if isinstance(data, torch.utils.data.Dataset):
+        return True
+    return (hasattr(data, "__len__") and hasattr(data, "__getitem__")
+            and not isinstance(data, (tuple, list, str, bytes, dict, torch.Tensor)))
+
+
 def as_tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, targets)`` tensors from a tensor pair, a TensorDataset or any Dataset of pairs."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-    elif isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
-        x, y = data.tensors
-    elif isinstance(data, torch.utils.data.Dataset):
-        try:
-            pairs = [data[i] for i in range(len(data))]
-            x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
-            y = torch.stack([torch.as_tensor(p[1]) for p in pairs])
-        except (TypeError, IndexError, RuntimeError, ValueError) as exc:
-            raise TaskError(f"{what}: expected a Dataset of (input, target) pairs of equal shapes ({exc})") from None
-    else:
-        raise TaskError(f"{what}: expected a torch Dataset of (input, target) pairs or a pair of tensors "
-                        f"(inputs, targets), got {type(data).__name__}")
+    """``(inputs, targets)`` tensors from a tensor pair or a TensorDataset of two (:func:`is_tensor_data`)."""
+    x, y = data.tensors if isinstance(data, torch.utils.data.TensorDataset) else data
     if len(x) != len(y) or len(x) == 0:
         raise TaskError(f"{what}: {len(x)} inputs and {len(y)} targets (need as many, at least one)")
     if x.is_floating_point() and x.dtype != torch.float32:
@@ -112,9 +227,58 @@ def as_tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x.contiguous(), y.contiguous()
 
 
-def dataset_from_user(train: Any, test: Any | None, *, val_size: int, seed: int, name: str = "custom"
-                      ) -> tuple[Dataset, bool]:
-    """A :class:`Dataset` of the user's data; returns it and whether evaluations use the training data."""
+def as_dataset(data: Any, what: str) -> Any:
+    """A map-style Dataset of ``data``: a tensor pair becomes a TensorDataset."""
+    refuse_loader(data, what)
+    if is_tensor_data(data):
+        return torch.utils.data.TensorDataset(*as_tensors(data, what))
+    if not _is_map_style(data):
+        raise TaskError(f"{what}: expected a torch Dataset (map-style: __len__ and __getitem__), a pair of tensors "
+                        f"(inputs, targets), or a zero-argument function returning one, got {type(data).__name__}")
+    try:
+        n = len(data)
+    except TypeError as exc:
+        raise TaskError(f"{what}: a Dataset without a length cannot be sharded ({exc})") from None
+    if n == 0:
+        raise TaskError(f"{what}: the Dataset is empty")
+    return data
+
+
+def dataset_from_user(train: Any, test: Any | None, *, val_size: int, seed: int, name: str = "custom",
+                      transform: Callable | None = None, collate_fn: Callable | None = None,
+                      make_train: Callable[[], Any] | None = None) -> tuple[Dataset | LazyData, bool]:
+    """The run's data from the user's: tensors (the fast path) or lazy Datasets (anything else, or tensors
+    with a ``transform`` or ``collate_fn``); returns it and whether evaluations use the training data.
+
+    ``make_train``: how a Ray worker gets ``train`` (default: ``train`` itself, pickled).
+    """
+    refuse_loader(train, "data")
+    refuse_loader(test, "eval_data")
+    if transform is None and collate_fn is None and is_tensor_data(train) and (test is None or is_tensor_data(test)):
+        return _tensor_data(train, test, val_size=val_size, seed=seed, name=name)
+    full = as_dataset(train, "data")
+    train_view, val_view = _split(full, val_size, seed)
+    on_train = test is None
+    test_set = train_view if on_train else as_dataset(test, "eval_data")
+    classes = getattr(full, "classes", None)
+    return LazyData(name, train_view, test_set, val_view, len(classes) if classes is not None else None, collate_fn,
+                    transform, make_train or functools.partial(_itself, train), val_size, seed), on_train
+
+
+def _itself(obj: Any) -> Any:
+    return obj
+
+
+def _split(full: Any, val_size: int, seed: int) -> tuple[Any, IndexedView]:
+    """(training view, validation view) of a Dataset: ``val_size`` items held out as
+    :func:`~dcasgd.compute.data.validation_indices` picks them (the tensor path's split)."""
+    split = validation_indices(len(full), val_size, seed, "data")
+    if split is None:
+        return full, IndexedView(full, torch.zeros(0, dtype=torch.int64))
+    return IndexedView(full, split[0]), IndexedView(full, split[1])
+
+
+def _tensor_data(train: Any, test: Any | None, *, val_size: int, seed: int, name: str) -> tuple[Dataset, bool]:
     train_x, train_y = as_tensors(train, "data")
     train_x, train_y, val_x, val_y = split_validation(train_x, train_y, val_size, seed, "data")
     if test is None:
@@ -132,27 +296,162 @@ def dataset_from_user(train: Any, test: Any | None, *, val_size: int, seed: int,
 
 
 def task_from_config(cfg: Any, model: ModelFn | None = None, data: Any = None, eval_data: Any = None,
-                     loss_fn: Loss | None = None, metric: Metric | None = None) -> Task:
+                     loss_fn: Loss | None = None, metric: Metric | None = None, *, step_fn: StepFn | None = None,
+                     eval_fn: EvalFn | None = None, transform: Callable | None = None,
+                     collate_fn: Callable | None = None) -> Task:
     """The run's task: each part the caller's object when given, else what the configuration names
     (a built-in name or an import path ``module:name``)."""
+    transform = transform if transform is not None else optional_by_path(cfg.transform, "transform")
+    collate_fn = collate_fn if collate_fn is not None else optional_by_path(cfg.collate, "collate")
+    pipeline = {"val_size": cfg.val_size, "seed": cfg.seed, "transform": transform, "collate_fn": collate_fn}
     if data is not None:
-        dataset, on_train = dataset_from_user(data, eval_data, val_size=cfg.val_size, seed=cfg.seed)
+        factory = data if callable(data) and not _is_map_style(data) else None
+        if factory is not None:
+            data = factory()
+        dataset, on_train = dataset_from_user(data, eval_data() if callable(eval_data) and not _is_map_style(
+            eval_data) else eval_data, make_train=factory, **pipeline)
     elif cfg.dataset in DATASETS:
-        dataset = load_dataset(cfg.dataset, val_size=cfg.val_size, seed=cfg.seed, root=cfg.data_root)
-        on_train = False
+        dataset, on_train = load_dataset(cfg.dataset, val_size=cfg.val_size, seed=cfg.seed, root=cfg.data_root), False
+        if transform is not None or collate_fn is not None:
+            dataset = _builtin_as_lazy(dataset, cfg, transform, collate_fn)
     else:
         loaded = resolve(cfg.dataset, "dataset")()
         if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
+            refuse_loader(loaded, f"dataset {cfg.dataset!r}")
             raise TaskError(f"dataset {cfg.dataset!r}: the function must return (train, test)")
-        dataset, on_train = dataset_from_user(loaded[0], loaded[1], val_size=cfg.val_size, seed=cfg.seed,
-                                              name=cfg.dataset)
+        dataset, on_train = dataset_from_user(loaded[0], loaded[1], name=cfg.dataset,
+                                              make_train=functools.partial(_train_of, cfg.dataset), **pipeline)
+    task = Task(None, dataset, loss_fn or loss_by_name(cfg.loss), metric or metric_by_name(cfg.metric), on_train,
+                step_fn if step_fn is not None else optional_by_path(cfg.step, "step"),
+                eval_fn if eval_fn is not None else optional_by_path(cfg.eval, "eval"), cfg.augment)
+    _check_augment(task)
+    sample = check_batches(task)
     if model is not None:
-        model_fn = model
+        task.model_fn = model
     elif cfg.model in MODELS:
         if dataset.num_classes is None:
-            raise TaskError(f"model {cfg.model!r} classifies; the data's targets are not class indices")
-        model_fn = functools.partial(build_model, cfg.model, dataset.input_shape, dataset.num_classes, None)
+            raise TaskError(f"model {cfg.model!r} classifies; the data's targets are not class indices"
+                            + (" (for a Dataset: give it a `classes` attribute, as torchvision's have, or pass "
+                               "your own model)" if isinstance(dataset, LazyData) else ""))
+        if isinstance(dataset, Dataset):
+            shape = dataset.input_shape
+        else:
+            _check_pair(sample, "data", f"your own model (the built-in {cfg.model!r} takes (input, target) batches)")
+            shape = tuple(sample[0].shape[1:])
+        task.model_fn = functools.partial(build_model, cfg.model, shape, dataset.num_classes, None)
     else:
-        model_fn = resolve(cfg.model, "model")
-    return Task(model_fn, dataset, loss_fn or loss_by_name(cfg.loss), metric or metric_by_name(cfg.metric),
-                on_train)
+        task.model_fn = resolve(cfg.model, "model")
+    return task
+
+
+def _train_of(path: str) -> Any:
+    """The training set the data-set function at import path ``path`` returns (what a Ray worker calls)."""
+    return resolve(path, "dataset")()[0]
+
+
+def _builtin_as_lazy(data: Dataset, cfg: Any, transform: Callable | None, collate_fn: Callable | None) -> LazyData:
+    """A built-in data set read through ``transform`` / ``collate_fn``: its tensors as TensorDatasets."""
+    tensors = torch.utils.data.TensorDataset
+    make_train = functools.partial(_builtin_train, cfg.dataset, cfg.val_size, cfg.seed, cfg.data_root)
+    return LazyData(data.name, tensors(data.train_x, data.train_y), tensors(data.test_x, data.test_y),
+                    tensors(data.val_x, data.val_y), data.num_classes, collate_fn, transform, make_train, 0, cfg.seed)
+
+
+def _builtin_train(name: str, val_size: int, seed: int, root: str | None) -> Any:
+    data = load_dataset(name, val_size=val_size, seed=seed, root=root)
+    return torch.utils.data.TensorDataset(data.train_x, data.train_y)
+
+
+def _check_augment(task: Task) -> None:
+    if task.augment == "none":
+        return
+    if not isinstance(task.data, Dataset) or task.data.train_x.dim() != 4:
+        shape = "" if not isinstance(task.data, Dataset) else f", got inputs of shape {tuple(task.data.input_shape)}"
+        raise TaskError(f"augment {task.augment!r} works on image tensors (N, C, H, W){shape}; for a Dataset, "
+                        f"pass a transform")
+
+
+def check_batches(task: Task) -> Any:
+    """Build one small batch of each set the run reads and check its shape against the step and the
+    evaluation (before anything is written); returns the training batch (None for tensors).
+
+    Reads ``min(2, n)`` items of the training set and of the evaluated set, in this process."""
+    data = task.data
+    if not isinstance(data, LazyData):
+        return None
+    n = min(2, data.num_train)
+    try:
+        batch = data.source().build(list(range(n)), 0)
+    except Exception as exc:  # noqa: BLE001 - the user's Dataset, transform or collate_fn: report it as bad input
+        raise TaskError(f"data: reading a first batch failed ({type(exc).__name__}: {exc})") from None
+    if task.step_fn is None:
+        _check_pair(batch, "data", "step_fn")
+    if task.eval_fn is None:
+        evaluated = data.train if task.eval_on_train else data.test
+        if len(evaluated):
+            _check_pair(next(eval_batches(IndexedView(evaluated, torch.arange(min(2, len(evaluated)))),
+                                          data.collate_fn, 0)), "eval_data", "eval_fn")
+    return batch
+
+
+def _check_pair(batch: Any, what: str, needed: str) -> None:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)):
+        kind = type(batch).__name__ + (f" of {len(batch)}" if isinstance(batch, (tuple, list, dict)) else "")
+        raise TaskError(f"{what}: a batch is a {kind}, not an (input, target) pair of tensors; pass {needed} "
+                        f"for batches of another shape")
+
+
+# ---------------------------------------------------------------- what a Ray worker gets
+
+
+@dataclass
+class WorkerTask:
+    """What a Ray worker needs of the task, picklable: the model factory, the step, the loss (for the
+    compensation probe) and how to get its training batches.
+
+    ``make_source()`` builds the worker's source where it runs: a lazy Dataset (the object or the
+    user's factory), or a built-in data set read from that machine's disk.  None: the user's tensors,
+    which come through Ray's object store (zero-copy on one node), batched by a
+    :class:`~dcasgd.compute.batches.TensorSource` with ``augment``.
+    """
+
+    model_fn: ModelFn
+    step_fn: StepFn
+    loss_fn: Loss
+    make_source: Callable[[], Any] | None = None
+    augment: Any = None
+
+    def source(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> TensorSource | DatasetSource:
+        return self.make_source() if self.make_source is not None else TensorSource(x, y, augment=self.augment)
+
+
+def worker_task(task: Task, cfg: Any) -> WorkerTask:
+    """The :class:`WorkerTask` of ``task`` in a run configured by ``cfg``."""
+    data = task.data
+    make = None
+    if isinstance(data, LazyData):
+        make = functools.partial(lazy_source, data.make_train, data.val_size, data.seed, data.collate_fn,
+                                 data.transform)
+    elif data.name in DATASETS:
+        make = functools.partial(builtin_source, data.name, cfg.val_size, cfg.seed, cfg.data_root, data.norm,
+                                 task.augment)
+    augment = make_augment(task.augment, data.norm) if make is None else None
+    return WorkerTask(task.model_fn, task.step, task.loss_fn, make, augment)
+
+
+def lazy_source(make_train: Callable[[], Any], val_size: int, seed: int, collate_fn: Callable | None,
+                transform: Callable | None) -> DatasetSource:
+    """A worker's source of a lazy Dataset: ``make_train()``, the same validation items held out."""
+    train, _ = _split(as_dataset(make_train(), "data"), val_size, seed)
+    return DatasetSource(train, collate_fn, transform)
+
+
+def builtin_source(name: str, val_size: int, seed: int, root: str | None,
+                   norm: tuple[torch.Tensor, torch.Tensor] | None, augment: str) -> TensorSource:
+    """A worker's source of a built-in data set, read from this machine's disk: uint8 images standardised
+    per batch with the driver's ``norm`` (the same bits as its float tensors); synthetic made from the seed."""
+    if name == "synthetic":
+        data = load_dataset(name, val_size=val_size, seed=seed)
+        return TensorSource(data.train_x, data.train_y, augment=make_augment(augment, data.norm))
+    x, y = load_train_images(name, val_size=val_size, seed=seed, root=root)
+    return TensorSource(x, y, norm, make_augment(augment, norm))

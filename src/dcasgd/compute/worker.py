@@ -3,27 +3,38 @@
 ``BatchStream`` yields worker m's mini-batches: at each of its local epochs
 the training set is re-partitioned at random into M disjoint shards
 (:func:`dcasgd.compute.data.shard_indices`) and the worker walks shard m in batches
-of ``batch_size`` (the last batch of a shard may be smaller).
+of ``batch_size`` (the last batch of a shard may be smaller).  ``drawn`` counts
+the batches it has handed out, which numbers them (the key of a batch's random
+transforms, :mod:`dcasgd.compute.batches`).
 
 ``compute_gradient`` loads the pulled weights (and BatchNorm statistics) into
 a :class:`~dcasgd.compute.flat.FlatModel`, runs forward and backward on one
 batch with the run's loss (mean cross-entropy by default), and returns copies
-of the flat gradient and of the updated float buffers.  Dropout draws from a
-generator seeded with ``key`` (:func:`gradient_key`, :func:`seed_dropout`),
+of the flat gradient and of the updated float buffers.  ``compute_step`` is
+the same for any batch (a dict, a tuple, nested tensors) and a
+``step_fn(model, batch) -> loss``.  Dropout (and anything else drawing from
+torch's global generator inside the step, e.g. DropConnect masks) draws from
+a generator seeded with ``key`` (:func:`gradient_key`, :func:`seed_dropout`),
 so the same (weights, batch, key) always gives the same bits, in the
 simulator and on Ray alike.  ``evaluate`` scores weights with the run's
-metric and loss (:mod:`dcasgd.compute.objectives`).
+metric and loss (:mod:`dcasgd.compute.objectives`); ``evaluate_batches`` does it
+over any batches, or with an ``eval_fn(model, batch) -> (metric_sum, count)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import torch
 
 from .data import shard_indices
 from .flat import FlatModel
-from .objectives import Loss, Metric, batch_total, classification_error, cross_entropy
+from .objectives import Loss, Metric, ObjectiveError, batch_total, classification_error, cross_entropy, describe
+
+StepFn = Callable[[torch.nn.Module, Any], torch.Tensor]              # (model, batch) -> mean loss
+EvalFn = Callable[[torch.nn.Module, Any], tuple[float, float]]        # (model, batch) -> (metric_sum, count)
 
 
 @dataclass
@@ -62,6 +73,22 @@ class BatchStream:
         self.position += batch.numel()
         return batch
 
+    @property
+    def drawn(self) -> int:
+        """Batches handed out so far: ``epoch * batches_per_epoch + ceil(position / batch_size)``.
+
+        A shard's size does not change between epochs (:func:`torch.tensor_split`), so neither does
+        ``batches_per_epoch = ceil(shard size / batch_size)``.
+        """
+        size = self._shard.numel()
+        return self.epoch * math.ceil(size / self.batch_size) + math.ceil(self.position / self.batch_size)
+
+    def copy(self) -> "BatchStream":
+        """An independent stream at the same place (it draws the batches this one will draw next)."""
+        twin = BatchStream.__new__(BatchStream)
+        twin.__dict__.update(self.__dict__)
+        return twin
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
@@ -88,10 +115,21 @@ def seed_dropout(key: int, device: torch.device) -> None:
         torch.default_generator.manual_seed(key)
 
 
-def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None,
-                     x: torch.Tensor, y: torch.Tensor, key: int, copy: bool = True,
-                     loss_fn: Loss = cross_entropy) -> Gradient:
-    """Gradient of ``loss_fn`` (a batch mean) at ``weights`` on batch (x, y); dropout seeded by ``key``.
+class LossStep:
+    """The default step: ``loss_fn(model(input), target)`` on a batch ``(input, target)``."""
+
+    def __init__(self, loss_fn: Loss = cross_entropy) -> None:
+        self.loss_fn = loss_fn
+
+    def __call__(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return self.loss_fn(model(x), y)
+
+
+def compute_step(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None, batch: Any, key: int,
+                 step_fn: StepFn, copy: bool = True) -> Gradient:
+    """Gradient of ``step_fn(model, batch)`` (a scalar: the batch's mean loss) at ``weights``; dropout
+    seeded by ``key``.
 
     ``copy=False`` returns views of the model's flat gradient and buffers, valid only
     until the next computation on ``flat`` (the simulator pushes them at once).
@@ -101,11 +139,31 @@ def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tens
         flat.module.train()
     flat.zero_grad()
     seed_dropout(key, flat.params.device)
-    loss = loss_fn(flat.module(x), y)
+    loss = step_fn(flat.module, batch)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+        raise ObjectiveError(f"{describe(step_fn)} must return the batch's loss as a one-element tensor that "
+                             f"depends on the weights, got {_what(loss)}")
     loss.backward()
     if not copy:
         return Gradient(flat.grads, float(loss.detach()), flat.buffers)
     return Gradient(flat.grads.clone(), float(loss.detach()), flat.buffers.clone())
+
+
+def compute_gradient(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None,
+                     x: torch.Tensor, y: torch.Tensor, key: int, copy: bool = True,
+                     loss_fn: Loss = cross_entropy) -> Gradient:
+    """Gradient of ``loss_fn`` (a batch mean) at ``weights`` on batch (x, y); dropout seeded by ``key``.
+
+    ``copy=False`` returns views of the model's flat gradient and buffers, valid only
+    until the next computation on ``flat`` (the simulator pushes them at once).
+    """
+    return compute_step(flat, weights, buffers, (x, y), key, LossStep(loss_fn), copy)
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}" + ("" if value.requires_grad else " without grad")
+    return type(value).__name__
 
 
 @torch.no_grad()
@@ -116,13 +174,35 @@ def evaluate(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | Non
 
     By default: (classification error in percent, mean cross-entropy).
     """
+    chunks = ((x[start:start + batch_size], y[start:start + batch_size]) for start in range(0, len(y), batch_size))
+    return evaluate_batches(flat, weights, buffers, chunks, loss_fn, metric)
+
+
+@torch.no_grad()
+def evaluate_batches(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor | None, batches: Iterable[Any],
+                     loss_fn: Loss = cross_entropy, metric: Metric = classification_error,
+                     eval_fn: EvalFn | None = None) -> tuple[float, float | None]:
+    """(metric, loss) of the model at ``weights`` over ``batches``, exact means over every sample.
+
+    Without ``eval_fn`` each batch is ``(input, target)``: ``metric = sum of batch totals / samples``
+    (:func:`~dcasgd.compute.objectives.batch_total`), the same for the loss.  With ``eval_fn(model,
+    batch) -> (metric_sum, count)``: ``metric = sum of metric_sum / sum of count`` (a token-weighted
+    mean, say) and the loss is None (what a batch's loss means is the step's business).
+    """
     flat.load(weights, buffers)
     flat.module.eval()
-    metric_sum, loss_sum = 0.0, 0.0
-    for start in range(0, len(y), batch_size):
-        output = flat.module(x[start:start + batch_size])
-        target = y[start:start + batch_size]
+    metric_sum, loss_sum, n = 0.0, 0.0, 0
+    for batch in batches:
+        if eval_fn is not None:
+            total, count = eval_fn(flat.module, batch)
+            metric_sum, n = metric_sum + float(total), n + count
+            continue
+        x, target = batch
+        output = flat.module(x)
         loss_sum += batch_total(loss_fn, output, target)
         metric_sum += batch_total(metric, output, target)
-    n = max(1, len(y))
+        n += len(target)
+    if eval_fn is not None:
+        return metric_sum / n if n else math.nan, None
+    n = max(1, n)
     return metric_sum / n, loss_sum / n
