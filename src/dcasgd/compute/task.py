@@ -325,7 +325,7 @@ def task_from_config(cfg: Any, model: ModelFn | None = None, data: Any = None, e
                 step_fn if step_fn is not None else optional_by_path(cfg.step, "step"),
                 eval_fn if eval_fn is not None else optional_by_path(cfg.eval, "eval"), cfg.augment)
     _check_augment(task)
-    sample = check_batches(task)
+    sample = check_batches(task, cfg.eval_split)
     if model is not None:
         task.model_fn = model
     elif cfg.model in MODELS:
@@ -371,7 +371,7 @@ def _check_augment(task: Task) -> None:
                         f"pass a transform")
 
 
-def check_batches(task: Task) -> Any:
+def check_batches(task: Task, eval_split: str = "test") -> Any:
     """Build one small batch of each set the run reads and check its shape against the step and the
     evaluation (before anything is written); returns the training batch (None for tensors).
 
@@ -387,7 +387,7 @@ def check_batches(task: Task) -> Any:
     if task.step_fn is None:
         _check_pair(batch, "data", "step_fn")
     if task.eval_fn is None:
-        evaluated = data.train if task.eval_on_train else data.test
+        evaluated = task.eval_set(eval_split)
         if len(evaluated):
             _check_pair(next(eval_batches(IndexedView(evaluated, torch.arange(min(2, len(evaluated)))),
                                           data.collate_fn, 0)), "eval_data", "eval_fn")
@@ -396,7 +396,11 @@ def check_batches(task: Task) -> Any:
 
 def _check_pair(batch: Any, what: str, needed: str) -> None:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)):
-        kind = type(batch).__name__ + (f" of {len(batch)}" if isinstance(batch, (tuple, list, dict)) else "")
+        kind = type(batch).__name__
+        if isinstance(batch, dict):
+            kind += f" with keys {list(batch)}"
+        elif isinstance(batch, (tuple, list)):
+            kind += f" of {len(batch)}"
         raise TaskError(f"{what}: a batch is a {kind}, not an (input, target) pair of tensors; pass {needed} "
                         f"for batches of another shape")
 

@@ -153,7 +153,7 @@ class RayWorker:
             exchange_start = time.perf_counter()
             if one_call and not probed:
                 push = self._push_message(seq, base, grad, result.buffers.cpu(), batch_n, meta, grant["members"])
-                report, *stepped = self._step(generation, push, int(batch.numel()), seq)
+                report, *stepped = self._step(generation, push, drawn.size, seq)
             else:
                 report, stepped = self._push(seq, base, grad, result.buffers.cpu(), result.loss, batch_n, meta,
                                              grant["members"] or None), None
