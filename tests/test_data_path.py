@@ -430,7 +430,7 @@ def test_the_augmented_fmnist_example_shows_fresh_crops_per_epoch_that_a_seed_re
     assert "epochs 0 and 1 differ: True" in result.stdout and "same seed, same crops: True" in result.stdout
 
 
-def test_the_dropconnect_example_repeats_its_masks_with_the_seed():
+def test_the_dropconnect_example_runs_and_a_second_run_prints_the_same_bits():
     runs = [run_example("dropconnect.py", "--epochs", "0.02", "--workers", "2") for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     assert "dropconnect" in runs[0].stdout and runs[0].stdout == runs[1].stdout
@@ -470,7 +470,7 @@ def make_row_classifier() -> nn.Module:
 
 @pytest.mark.ray
 def test_on_ray_each_worker_reads_only_its_own_shard_lazily(local_ray, tmp_path):
-    import cloudpickle
+    from ray import cloudpickle
     n = 100_000
     path = tmp_path / "rows.f32"
     np.random.default_rng(0).standard_normal((n, 4), dtype=np.float32).tofile(path)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -34,11 +34,12 @@ from torch import nn
 from .compute.flat import views_of
 from .compute.models import seeded_model
 from .compute.objectives import describe
-from .compute.task import Task, task_from_config
+from .compute.task import Task, WorkerBatch, data_from_config, task_from_config
+from .compute.task import worker_batches as batches_of
 from .config import ConfigError, TrainConfig
 from .io.rundir import resume_run_dir
 
-__all__ = ["train", "TrainResult"]
+__all__ = ["train", "TrainResult", "worker_batches"]
 
 
 @dataclass
@@ -116,6 +117,26 @@ def train(model: Callable[[], nn.Module] | str | None = None, data: Any = None, 
                                 eval_fn=objects.get("eval"), transform=objects.get("transform"),
                                 collate_fn=objects.get("collate"))
     return run(cfg, task)
+
+
+def worker_batches(data: Any, *, worker: int = 0, transform: Callable | str | None = None,
+                   collate_fn: Callable | str | None = None, **settings: Any) -> Iterator[WorkerBatch]:
+    """The training batches worker ``worker`` reads in a run of ``data`` with these settings, in order.
+
+    Yields :class:`~dcasgd.compute.task.WorkerBatch` objects without end: ``.number``, ``.epoch`` (the
+    worker's local epoch), ``.indices`` (its samples, from its shard of that epoch) and ``.read()``, the
+    batch exactly as that worker builds it in a run with the same ``workers``, ``batch_size``, ``seed``,
+    ``val_size``, ``augment`` and ``transform`` (random transforms included: the same draws).  A look at
+    what training sees, e.g. that two epochs crop a sample differently (examples/augmented_fmnist.py).
+    """
+    named = {"dataset": data, "transform": transform, "collate": collate_fn}
+    given = {key: value for key, value in named.items() if value is not None and not isinstance(value, str)}
+    cfg = _config(None, {**settings, **{key: value for key, value in named.items() if isinstance(value, str)}})
+    cfg = dataclasses.replace(cfg, **{key: _record(key, value) for key, value in given.items()}).validate()
+    if not 0 <= worker < cfg.workers:
+        raise ConfigError(f"worker {worker} is not in 0..{cfg.workers - 1}")
+    dataset, _ = data_from_config(cfg, given.get("dataset"), None, given.get("transform"), given.get("collate"))
+    return batches_of(dataset, cfg.augment, worker, cfg.workers, cfg.batch_size, cfg.seed)
 
 
 def run(cfg: TrainConfig, task: Task | None = None) -> TrainResult:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -52,11 +52,11 @@ from torch import nn
 from ..errors import InputError
 from ..names import DATASETS, MODELS
 from .augment import make_augment
-from .batches import DatasetSource, TensorSource, eval_batches, fetch_items
+from .batches import BatchReader, DatasetSource, TensorSource, eval_batches, fetch_items
 from .data import Dataset, load_dataset, load_train_images, split_validation, validation_indices
 from .models import build_model
-from .objectives import LOSSES, METRICS, Loss, Metric, classification_error
-from .worker import EvalFn, LossStep, StepFn
+from .objectives import LOSSES, METRICS, Loss, Metric, classification_error, cross_entropy
+from .worker import BatchStream, EvalFn, LossStep, StepFn
 
 ModelFn = Callable[[], nn.Module]
 
@@ -215,6 +215,11 @@ def _is_map_style(data: Any) -> bool:
             and not isinstance(data, (tuple, list, str, bytes, dict, torch.Tensor)))
 
 
+def _is_factory(data: Any) -> bool:
+    """A zero-argument function returning the data (not a Dataset that happens to be callable)."""
+    return callable(data) and not _is_map_style(data)
+
+
 def as_tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, targets)`` tensors from a tensor pair or a TensorDataset of two (:func:`is_tensor_data`)."""
     x, y = data.tensors if isinstance(data, torch.utils.data.TensorDataset) else data
@@ -301,26 +306,7 @@ def task_from_config(cfg: Any, model: ModelFn | None = None, data: Any = None, e
                      collate_fn: Callable | None = None) -> Task:
     """The run's task: each part the caller's object when given, else what the configuration names
     (a built-in name or an import path ``module:name``)."""
-    transform = transform if transform is not None else optional_by_path(cfg.transform, "transform")
-    collate_fn = collate_fn if collate_fn is not None else optional_by_path(cfg.collate, "collate")
-    pipeline = {"val_size": cfg.val_size, "seed": cfg.seed, "transform": transform, "collate_fn": collate_fn}
-    if data is not None:
-        factory = data if callable(data) and not _is_map_style(data) else None
-        if factory is not None:
-            data = factory()
-        dataset, on_train = dataset_from_user(data, eval_data() if callable(eval_data) and not _is_map_style(
-            eval_data) else eval_data, make_train=factory, **pipeline)
-    elif cfg.dataset in DATASETS:
-        dataset, on_train = load_dataset(cfg.dataset, val_size=cfg.val_size, seed=cfg.seed, root=cfg.data_root), False
-        if transform is not None or collate_fn is not None:
-            dataset = _builtin_as_lazy(dataset, cfg, transform, collate_fn)
-    else:
-        loaded = resolve(cfg.dataset, "dataset")()
-        if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
-            refuse_loader(loaded, f"dataset {cfg.dataset!r}")
-            raise TaskError(f"dataset {cfg.dataset!r}: the function must return (train, test)")
-        dataset, on_train = dataset_from_user(loaded[0], loaded[1], name=cfg.dataset,
-                                              make_train=functools.partial(_train_of, cfg.dataset), **pipeline)
+    dataset, on_train = data_from_config(cfg, data, eval_data, transform, collate_fn)
     task = Task(None, dataset, loss_fn or loss_by_name(cfg.loss), metric or metric_by_name(cfg.metric), on_train,
                 step_fn if step_fn is not None else optional_by_path(cfg.step, "step"),
                 eval_fn if eval_fn is not None else optional_by_path(cfg.eval, "eval"), cfg.augment)
@@ -342,6 +328,32 @@ def task_from_config(cfg: Any, model: ModelFn | None = None, data: Any = None, e
     else:
         task.model_fn = resolve(cfg.model, "model")
     return task
+
+
+def data_from_config(cfg: Any, data: Any = None, eval_data: Any = None, transform: Callable | None = None,
+                     collate_fn: Callable | None = None) -> tuple[Dataset | LazyData, bool]:
+    """The run's data (and whether evaluations use the training data): the caller's ``data`` when given
+    (an object or a zero-argument factory), else the built-in name or import path ``cfg.dataset``."""
+    transform = transform if transform is not None else optional_by_path(cfg.transform, "transform")
+    collate_fn = collate_fn if collate_fn is not None else optional_by_path(cfg.collate, "collate")
+    pipeline = {"val_size": cfg.val_size, "seed": cfg.seed, "transform": transform, "collate_fn": collate_fn}
+    if data is not None:
+        factory = data if _is_factory(data) else None
+        dataset, on_train = dataset_from_user(data() if factory else data,
+                                              eval_data() if _is_factory(eval_data) else eval_data,
+                                              make_train=factory, **pipeline)
+    elif cfg.dataset in DATASETS:
+        dataset, on_train = load_dataset(cfg.dataset, val_size=cfg.val_size, seed=cfg.seed, root=cfg.data_root), False
+        if transform is not None or collate_fn is not None:
+            dataset = _builtin_as_lazy(dataset, cfg, transform, collate_fn)
+    else:
+        loaded = resolve(cfg.dataset, "dataset")()
+        if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
+            refuse_loader(loaded, f"dataset {cfg.dataset!r}")
+            raise TaskError(f"dataset {cfg.dataset!r}: the function must return (train, test)")
+        dataset, on_train = dataset_from_user(loaded[0], loaded[1], name=cfg.dataset,
+                                              make_train=functools.partial(_train_of, cfg.dataset), **pipeline)
+    return dataset, on_train
 
 
 def _train_of(path: str) -> Any:
@@ -459,3 +471,31 @@ def builtin_source(name: str, val_size: int, seed: int, root: str | None,
         return TensorSource(data.train_x, data.train_y, augment=make_augment(augment, data.norm))
     x, y = load_train_images(name, val_size=val_size, seed=seed, root=root)
     return TensorSource(x, y, norm, make_augment(augment, norm))
+
+
+# ---------------------------------------------------------------- what a worker reads, for a look
+
+
+@dataclass
+class WorkerBatch:
+    """One batch a worker draws: its number (from 0), the worker's local epoch, the sample indices (into the
+    training set less the validation items); :meth:`read` builds it as the worker does (transform included)."""
+
+    number: int
+    epoch: int
+    indices: torch.Tensor
+    reader: BatchReader
+
+    def read(self) -> Any:
+        return self.reader.source.build(self.indices, self.reader.key(self.number))
+
+
+def worker_batches(data: Dataset | LazyData, augment: str, worker: int, workers: int, batch_size: int,
+                   seed: int) -> Iterator[WorkerBatch]:
+    """Worker ``worker``'s batches in a run of ``workers`` workers, in order, without end (each read on demand)."""
+    task = Task(None, data, cross_entropy, classification_error, augment=augment)
+    source = task.train_source() or TensorSource(data.train_x, data.train_y)
+    reader = BatchReader(BatchStream(data.num_train, worker, workers, batch_size, seed), source, seed)
+    while True:
+        drawn = reader.draw()
+        yield WorkerBatch(drawn.number, reader.stream.epoch, drawn.indices, reader)
