@@ -22,6 +22,12 @@ worker's until the slowest catches up (the wait is simulated time, counted
 per worker); ``sync`` starts a round with every live worker at the same
 weights and applies the average of their gradients when the slowest finishes.
 
+Batches: worker m's indices come from its :class:`~dcasgd.compute.worker.BatchStream`;
+tensor data without augmentation or a ``step_fn`` is index-selected inline
+(:meth:`Simulator._gradient`, the path every committed run was made with), anything
+else goes through a :class:`~dcasgd.compute.batches.BatchReader` per worker (a lazy
+Dataset, seeded transforms, ``loader_workers`` processes shared by all workers).
+
 What is the simulator's own: the event heap, the clock and the timing model.
 Evaluations, metrics lines, staleness statistics, events and the summary go
 through the shared :class:`~dcasgd.engine.recorder.Recorder`.

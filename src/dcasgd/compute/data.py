@@ -5,8 +5,9 @@ Datasets (:data:`DATASETS`): ``fashion-mnist`` and ``mnist`` (IDX files),
 generated in memory from a seed). :func:`load_dataset` returns a
 :class:`Dataset` of float32 inputs, normalised per channel with the mean and
 standard deviation of the training split (after the validation split is held
-out), and int64 labels. :func:`shard_indices` splits an epoch's samples among
-workers.
+out), and int64 labels. :func:`load_train_images` reads a built-in image data
+set's training split as stored (uint8), what a Ray worker holds.
+:func:`shard_indices` splits an epoch's samples among workers.
 
 Search order for the directory of a dataset ``<name>`` (first one holding all
 the expected files wins):
