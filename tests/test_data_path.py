@@ -386,7 +386,7 @@ def shifted(image: torch.Tensor) -> torch.Tensor:
     return image + torch.from_numpy(np.random.normal(0, 0.1, image.shape).astype(np.float32))
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(transform="test_data_path:shifted", augment="none"),
+@pytest.mark.parametrize("extra", [dict(augment="crop-flip"), dict(transform="test_data_path:shifted", augment="none"),
                                    dict(transform="test_data_path:shifted", augment="none", loader_workers=2)])
 def test_a_stopped_and_resumed_augmented_run_has_the_bits_of_an_uninterrupted_one(tmp_path, extra):
     root = fake_cifar(tmp_path / "data")
