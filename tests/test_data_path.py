@@ -400,6 +400,24 @@ def test_a_stopped_and_resumed_augmented_run_has_the_bits_of_an_uninterrupted_on
     assert (out / "metrics.jsonl").read_bytes() == reference
 
 
+def test_a_checkpoint_from_before_the_data_path_settings_resumes_as_their_defaults(tmp_path):
+    from dcasgd.engine.resume import check_resumable
+    from dcasgd.io.checkpoint import CheckpointError
+    cfg = TrainConfig(dataset="synthetic", out=str(tmp_path))
+    older = {k: v for k, v in cfg.to_dict().items()
+             if k not in ("step", "eval", "transform", "collate", "augment", "loader_workers")}
+    check_resumable(older, cfg, tmp_path / "ckpt.pt")                  # recorded before they existed: defaults
+    with pytest.raises(CheckpointError, match="augment: checkpoint 'none' vs now 'crop-flip'"):
+        check_resumable(older, TrainConfig(dataset="synthetic", augment="crop-flip"), tmp_path / "ckpt.pt")
+
+
+def test_the_compensation_probe_measures_a_lazy_dataset_s_batches():
+    result = train_squares(transform=random_crop, epochs=1, probe_every=3)
+    probes = [r for r in result.metrics if r["kind"] == "probe"]
+    assert len(probes) == result.summary["updates"] // 3 and result.summary["probe"]["count"] == len(probes)
+    assert all(math.isfinite(r["relerr_delayed"]) for r in probes if r["staleness"] > 0)
+
+
 def test_a_worker_s_uint8_copy_of_a_built_in_data_set_gives_the_driver_s_float_rows(tmp_path):
     root = fake_cifar(tmp_path / "data")
     data = load_dataset("cifar10", val_size=10, seed=4, root=root)
