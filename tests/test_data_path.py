@@ -454,6 +454,18 @@ def test_the_dropconnect_example_runs_and_a_second_run_prints_the_same_bits():
     assert "dropconnect" in runs[0].stdout and runs[0].stdout == runs[1].stdout
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize("script, args, says", [
+    ("char_transformer.py", ("--chars", "6000", "--epochs", "0.5"), "char transformer, 2 workers on ray"),
+    ("augmented_fmnist.py", ("--epochs", "0.02"), "augmented Fashion-MNIST, 2 workers on ray"),
+    ("dropconnect.py", ("--epochs", "0.02"), "dropconnect (p = 0.5), 2 workers on ray"),
+])
+def test_the_examples_run_on_ray(script, args, says):
+    result = run_example(script, "--backend", "ray", "--workers", "2", *args)      # each starts its own local Ray
+    assert result.returncode == 0, result.stderr
+    assert says in result.stdout
+
+
 # ---------------------------------------------------------------- Ray
 
 
