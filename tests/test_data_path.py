@@ -24,7 +24,7 @@ import dcasgd
 from dcasgd.backends.sim import run_sim
 from dcasgd.cli import main
 from dcasgd.compute.augment import CropFlip, make_augment
-from dcasgd.compute.batches import BatchReader, DatasetSource, LoaderPool, batch_key, eval_batches
+from dcasgd.compute.batches import BatchReader, DatasetSource, LoaderPool, eval_batches
 from dcasgd.compute.data import load_dataset, shard_indices, validation_indices
 from dcasgd.compute.task import builtin_source
 from dcasgd.compute.worker import BatchStream
