@@ -13,8 +13,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
-ORDER = ("make_bench", "server_update", "stragglers", "scaling", "sim_overhead", "ray_transport", "soak", "peers",
-         "fidelity")
+ORDER = ("make_bench", "server_update", "stragglers", "scaling", "sim_overhead", "data_path", "ray_transport", "soak",
+         "peers", "fidelity")
 
 INTRO = """# Benchmarks
 

@@ -35,6 +35,7 @@ SCRIPTS = [
     ("stragglers", [], 600),
     ("scaling", [], 300),
     ("sim_overhead", ["--repeats", "5"], 600),
+    ("data_path", [], 600),
     ("ray_transport", [], 600),
     ("peers", [], 900),
     ("fidelity", [], 1200),

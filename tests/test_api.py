@@ -80,7 +80,7 @@ def make_classifier() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-def test_a_plain_dataset_is_read_once_and_classified_with_the_default_loss_and_metric(tmp_path):
+def test_a_plain_dataset_is_read_lazily_and_classified_with_the_default_loss_and_metric(tmp_path):
     out = tmp_path / "run"
     result = dcasgd.train(make_classifier, PairsDataset(400), eval_data=PairsDataset(100), workers=2, epochs=3,
                           batch_size=20, lr=0.2, out=str(out), progress=False)

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     # training a model
     "train": "dcasgd.api", "TrainResult": "dcasgd.api", "TrainConfig": "dcasgd.config",
+    "worker_batches": "dcasgd.api",
     # losses and metrics
     "cross_entropy": "dcasgd.compute.objectives", "classification_error": "dcasgd.compute.objectives",
     "mean_squared_error": "dcasgd.compute.objectives",

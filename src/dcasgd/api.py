@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -34,12 +34,13 @@ from torch import nn
 from .compute.flat import views_of
 from .compute.models import seeded_model
 from .compute.objectives import describe
-from .compute.task import Task, task_from_config
+from .compute.task import Task, WorkerBatch, data_from_config, task_from_config
+from .compute.task import worker_batches as batches_of
 from .config import ConfigError, TrainConfig
 from .engine.ownership import own_run_dirs
 from .io.rundir import resume_run_dir
 
-__all__ = ["train", "TrainResult"]
+__all__ = ["train", "TrainResult", "worker_batches"]
 
 
 @dataclass
@@ -59,21 +60,39 @@ class TrainResult:
 
 def train(model: Callable[[], nn.Module] | str | None = None, data: Any = None, *, eval_data: Any = None,
           loss_fn: Callable | str | None = None, metric: Callable | str | None = None,
+          step_fn: Callable | str | None = None, eval_fn: Callable | str | None = None,
+          transform: Callable | str | None = None, collate_fn: Callable | str | None = None,
           config: TrainConfig | None = None, **settings: Any) -> TrainResult:
     """Train ``model`` on ``data`` with a parameter server; returns the trained model and the summary.
 
     - ``model``: a zero-argument callable returning an ``nn.Module`` (float32
       parameters; picklable for ``backend="ray"``), or a built-in name
       (``"mlp"``, ``"cnn"``, ``"resnet20"``) or import path ``"pkg.mod:make"``.
-    - ``data``: a ``torch.utils.data.Dataset`` of ``(input, target)`` pairs,
-      or a pair of tensors ``(inputs, targets)``, or a built-in data set name
-      (``"fashion-mnist"``, ...).  ``eval_data``: the same forms, what the
-      evaluations score (default: the built-in data set's test split; for
-      your own data without ``eval_data``, the training data).
+    - ``data``: a pair of tensors ``(inputs, targets)`` or a ``TensorDataset``
+      (held in memory: the fast path), any map-style ``torch.utils.data.Dataset``
+      (read lazily: each worker reads only its own mini-batches' items), a
+      zero-argument function returning one (on Ray each worker calls it), or a
+      built-in data set name (``"fashion-mnist"``, ...).  Not a ``DataLoader``:
+      pass its ``dataset`` and ``collate_fn``.  ``eval_data``: the same forms,
+      what the evaluations score (default: the built-in data set's test split;
+      for your own data without ``eval_data``, the training data).
     - ``loss_fn(output, target) -> scalar tensor``: the batch mean that
       workers differentiate (default cross-entropy).  ``metric(output,
       target) -> number``: the batch mean that evaluations report as
       ``test_error``, lower is better (default classification error in percent).
+    - ``step_fn(model, batch) -> scalar tensor``: instead of ``loss_fn``, the
+      batch's loss for batches of any structure (a dict, a tuple, nested
+      tensors: whatever ``collate_fn`` returns).  ``eval_fn(model, batch) ->
+      (metric_sum, count)``: instead of ``metric``, evaluations report
+      ``sum of metric_sum / sum of count`` (exact over unequal batches).
+    - ``transform(input) -> input``: a per-sample transform of each training
+      input (targets untouched), random as you like: its draws from torch,
+      ``random`` and ``numpy.random`` are seeded per batch from (seed, worker,
+      batch number), so every epoch sees fresh ones and a seed reproduces them.
+      ``collate_fn(items) -> batch`` (default ``default_collate``).  Either
+      makes tensor data lazy.  ``loader_workers=N`` builds a lazy Dataset's
+      batches ahead in N processes (same bits as without).  ``augment="crop-flip"``:
+      the built-in pad-4, random-crop and flip of image tensors (CIFAR-10's).
     - ``config`` and/or keywords: every setting of ``dcasgd train``
       (``rule``, ``consistency``, ``workers``, ``epochs``, ``batch_size``,
       ``lr``, ``backend``, ``out``, ...), see :class:`~dcasgd.config.TrainConfig`.
@@ -84,7 +103,8 @@ def train(model: Callable[[], nn.Module] | str | None = None, data: Any = None, 
         raise ConfigError(f"model: got an nn.Module instance ({type(model).__name__}), but train takes a factory, "
                           f"because every worker builds its own copy: pass lambda: net, or a function that "
                           f"builds the module")
-    named = {"model": model, "dataset": data, "loss": loss_fn, "metric": metric}
+    named = {"model": model, "dataset": data, "loss": loss_fn, "metric": metric, "step": step_fn, "eval": eval_fn,
+             "transform": transform, "collate": collate_fn}
     objects = {}
     for key, value in named.items():
         if isinstance(value, str):
@@ -98,8 +118,30 @@ def train(model: Callable[[], nn.Module] | str | None = None, data: Any = None, 
     task = None
     if objects:
         task = task_from_config(cfg, model=objects.get("model"), data=objects.get("dataset"), eval_data=eval_data,
-                                loss_fn=objects.get("loss"), metric=objects.get("metric"))
+                                loss_fn=objects.get("loss"), metric=objects.get("metric"), step_fn=objects.get("step"),
+                                eval_fn=objects.get("eval"), transform=objects.get("transform"),
+                                collate_fn=objects.get("collate"))
     return run(cfg, task)
+
+
+def worker_batches(data: Any, *, worker: int = 0, transform: Callable | str | None = None,
+                   collate_fn: Callable | str | None = None, **settings: Any) -> Iterator[WorkerBatch]:
+    """The training batches worker ``worker`` reads in a run of ``data`` with these settings, in order.
+
+    Yields :class:`~dcasgd.compute.task.WorkerBatch` objects without end: ``.number``, ``.epoch`` (the
+    worker's local epoch), ``.indices`` (its samples, from its shard of that epoch) and ``.read()``, the
+    batch exactly as that worker builds it in a run with the same ``workers``, ``batch_size``, ``seed``,
+    ``val_size``, ``augment`` and ``transform`` (random transforms included: the same draws).  A look at
+    what training sees, e.g. that two epochs crop a sample differently (examples/augmented_fmnist.py).
+    """
+    named = {"dataset": data, "transform": transform, "collate": collate_fn}
+    given = {key: value for key, value in named.items() if value is not None and not isinstance(value, str)}
+    cfg = _config(None, {**settings, **{key: value for key, value in named.items() if isinstance(value, str)}})
+    cfg = dataclasses.replace(cfg, **{key: _record(key, value) for key, value in given.items()}).validate()
+    if not 0 <= worker < cfg.workers:
+        raise ConfigError(f"worker {worker} is not in 0..{cfg.workers - 1}")
+    dataset, _ = data_from_config(cfg, given.get("dataset"), None, given.get("transform"), given.get("collate"))
+    return batches_of(dataset, cfg.augment, worker, cfg.workers, cfg.batch_size, cfg.seed)
 
 
 def run(cfg: TrainConfig, task: Task | None = None) -> TrainResult:
@@ -149,7 +191,7 @@ def _copy_in(tensors: list[torch.Tensor], flat: torch.Tensor) -> None:
 
 def _record(key: str, value: Any) -> str:
     """What a run's configuration records for an object the caller passed (not an import path for data)."""
-    if key == "dataset":
+    if key == "dataset" and not (callable(value) and not hasattr(value, "__getitem__")):
         return f"python-objects:{type(value).__name__}"
     return describe(value)
 

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 from .config import NOT_RESTORED_ON_RESUME, RESUME_MAY_CHANGE, ConfigError, TrainConfig
 from .engine.signals import STOP, exit_status, signal_name, stop_on_signals
 from .errors import InputError, RunFailed, StorageError, UserCodeError, is_machine_failure
-from .names import (BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, FIT_SHAPES, LOSSES, METRICS, MODELS, RULES, SCHEDULES,
-                    TIMINGS)
+from .names import (AUGMENTS, BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, FIT_SHAPES, LOSSES, METRICS, MODELS, RULES,
+                    SCHEDULES, TIMINGS)
 from .presets import PRESETS, load_config_file, load_preset, settings_from_toml
 from .io.rundir import resume_run_dir
 
@@ -161,6 +161,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                         "simulator's bits depend on it, and a resumed run warns when it changed")
     g.add_argument("--debug", action="store_true", default=S,
                    help="on a failure, also print the traceback (of your own code's exception, for one)")
+    add_data_flags(p)
     h = p.add_argument_group("update rule")
     h.add_argument("--lr", type=float, default=S, help=f"learning rate (default {d.lr:g})")
     h.add_argument("--momentum", type=float, default=S,
@@ -242,6 +243,29 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                         f"{d.connect_timeout:g})")
     r.add_argument("--worker-restarts", type=int, default=S, help="times Ray restarts a dead worker (default 0)")
     r.add_argument("--device", choices=DEVICES, default=S, help="worker compute device (default cpu)")
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """The data path: how batches are read, transformed and scored (import paths MODULE:FN)."""
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("data path (a Dataset other than tensors is read lazily, each worker its own batches)")
+    g.add_argument("--step", default=S, metavar="MODULE:FN",
+                   help="step_fn(model, batch) -> loss (a scalar tensor, the batch mean) instead of "
+                        "--loss(model(input), target): batches of any structure (a dict, nested tensors)")
+    g.add_argument("--eval", default=S, metavar="MODULE:FN",
+                   help="eval_fn(model, batch) -> (metric_sum, count) instead of --metric: evaluations report "
+                        "sum(metric_sum) / sum(count); eval lines then carry no test_loss")
+    g.add_argument("--transform", default=S, metavar="MODULE:FN",
+                   help="a random per-sample transform of each training input (targets untouched); its draws "
+                        "from torch, random and numpy are seeded per batch from (seed, worker, batch number)")
+    g.add_argument("--collate", default=S, metavar="MODULE:FN",
+                   help="collate_fn(items) -> batch (default: default_collate, floats as float32)")
+    g.add_argument("--augment", choices=AUGMENTS, default=S,
+                   help="built-in augmentation of image tensors: crop-flip = 4-pixel padding, a random crop back "
+                        "to the image size, a horizontal flip (CIFAR-10's standard; default none)")
+    g.add_argument("--loader-workers", type=int, default=S, metavar="N",
+                   help="processes building a lazy Dataset's batches ahead, as DataLoader's num_workers (default 0; "
+                        "the same bits as without)")
 
 
 _RENAMES = {"straggler": "stragglers", "fail": "failures"}

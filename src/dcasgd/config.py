@@ -30,15 +30,15 @@ from typing import Any
 
 from .core.consistency import ConsistencyError, parse_consistency
 from .errors import InputError
-from .names import (BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULE_DEFAULTS, RULES,
-                    SCHEDULES, TIMINGS)
+from .names import (AUGMENTS, BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, LOSSES, METRICS, MODELS, RULE_DEFAULTS,
+                    RULES, SCHEDULES, TIMINGS)
 
 __all__ = ["BACKENDS", "DATASETS", "SCHEDULES", "ConfigError", "TrainConfig", "RUN_INVARIANT", "STOP_CONDITIONS",
            "RESUME_MAY_CHANGE", "NOT_RESTORED_ON_RESUME", "MAX_SEED"]
 
 RUN_INVARIANT = frozenset({"out", "resume", "overwrite", "progress", "tensorboard", "data_root", "checkpoint_every",
                            "keep_checkpoints", "address", "worker_restarts", "device", "threads",
-                           "connect_timeout"})
+                           "connect_timeout", "loader_workers"})
 STOP_CONDITIONS = frozenset({"stop_after_updates", "max_refused"})
 RESUME_MAY_CHANGE = RUN_INVARIANT | STOP_CONDITIONS
 # What ``--resume DIR`` does not take from the checkpoint: where to write (DIR), and the stop
@@ -76,6 +76,13 @@ class TrainConfig:
     val_size: int = 0
     eval_split: str = "test"           # "test" or "val": what eval lines and final error measure
     eval_every: float = 1.0            # epochs between evaluations
+    # the data path (compute/batches.py): import paths module:name, None = the default
+    step: str | None = None            # step_fn(model, batch) -> loss; None: loss(model(input), target)
+    eval: str | None = None            # eval_fn(model, batch) -> (metric_sum, count); None: the metric
+    transform: str | None = None       # a random per-sample transform of each training input
+    collate: str | None = None         # collate_fn(items) -> batch; None: default_collate
+    augment: str = "none"              # built-in augmentation of tensor images (AUGMENTS)
+    loader_workers: int = 0            # processes building a lazy Dataset's batches ahead (as num_workers)
     # rule hyperparameters (names as in ServerCore)
     lr: float = 0.05
     momentum: float = RULE_DEFAULTS["momentum"]
@@ -146,6 +153,10 @@ class TrainConfig:
         _name_or_path("model", self.model, MODELS)
         _name_or_path("loss", self.loss, LOSSES)
         _name_or_path("metric", self.metric, METRICS)
+        for name in ("step", "eval", "transform", "collate"):
+            if getattr(self, name) is not None:
+                _name_or_path(name, getattr(self, name), ())
+        _choice("augment", self.augment, AUGMENTS)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("eval_split", self.eval_split, ("test", "val"))
         _choice("backup_dtype", self.backup_dtype, BACKUP_DTYPES)
@@ -161,7 +172,7 @@ class TrainConfig:
         for name in ("workers", "batch_size", "servers", "keep_checkpoints"):
             _positive_int(name, getattr(self, name))
         for name in ("val_size", "probe_every", "checkpoint_every", "max_refused", "worker_restarts",
-                     "stop_after_updates", "tau_c", "threads"):
+                     "stop_after_updates", "tau_c", "threads", "loader_workers"):
             _nonneg_int(name, getattr(self, name))
         _nonneg_int("seed", self.seed)
         if self.seed > MAX_SEED:
@@ -191,6 +202,9 @@ class TrainConfig:
         self._check_schedule()
         if self.eval_split == "val" and self.val_size == 0:
             raise ConfigError("eval_split 'val' needs val_size > 0")
+        if self.probe_every and self.step is not None:
+            raise ConfigError("probe_every: the compensation probe differentiates loss(model(input), target) "
+                              "sample by sample; it cannot use a step (leave out --step or --probe-every)")
         self._check_cluster()
         if self.address is not None:
             check_address(self.address)
@@ -283,8 +297,9 @@ class TrainConfig:
 
 
 _STR_FIELDS = ("backend", "rule", "consistency", "dataset", "model", "loss", "metric", "eval_split",
-               "backup_dtype", "lr_schedule", "device", "timing")
-_OPTIONAL_STR_FIELDS = ("out", "data_root", "replay", "tensorboard", "resume", "address")
+               "backup_dtype", "lr_schedule", "device", "timing", "augment")
+_OPTIONAL_STR_FIELDS = ("out", "data_root", "replay", "tensorboard", "resume", "address", "step", "eval", "transform",
+                        "collate")
 _BOOL_FIELDS = ("per_worker_ms", "progress", "overwrite", "delay_drop")
 _ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
 
@@ -315,8 +330,8 @@ def _name_or_path(name: str, value: str, builtin: tuple[str, ...]) -> None:
     module, sep, attr = value.partition(":")
     if value in builtin or (sep and module.strip() and attr.strip() and " " not in value):
         return
-    raise ConfigError(f"{name}: unknown value {value!r}; allowed: {', '.join(builtin)}, "
-                      f"or an import path module:name")
+    allowed = f"{', '.join(builtin)}, or an import path module:name" if builtin else "an import path module:name"
+    raise ConfigError(f"{name}: unknown value {value!r}; allowed: {allowed}")
 
 
 def _positive_int(name: str, value: Any) -> None:

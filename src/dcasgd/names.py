@@ -21,6 +21,9 @@ BACKUP_DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")
 TIMINGS = ("model", "empirical")          # the simulator's per-gradient noise (dcasgd.engine.timing)
 FIT_SHAPES = ("empirical", "lognormal")   # what dcasgd fit fits to each worker's cycles (dcasgd.engine.fit)
+# Built-in augmentation of tensor images (compute/augment.py): none, or 4-pixel padding with a random crop
+# back to the image size and a horizontal flip (the standard CIFAR-10 recipe).
+AUGMENTS = ("none", "crop-flip")
 
 # Rule hyperparameters and their defaults: lam for dc-asgd-c; lam0, m, eps for dc-asgd-a (the paper's,
 # Zheng et al. 2017, Section 6); tau_c (0: the number of workers) and delay_drop for delay-adaptive;

@@ -42,6 +42,12 @@ have taken) and it does not advance the worker's clock (the dropout key).  So
 the batches and keys are those of the applied gradients, and ``ringmaster:R``
 with R above every delay is ``async`` bit for bit.
 
+Batches: worker m's indices come from its :class:`~dcasgd.compute.worker.BatchStream`;
+tensor data without augmentation or a ``step_fn`` is index-selected inline
+(:meth:`Simulator._gradient`, the path every committed run was made with), anything
+else goes through a :class:`~dcasgd.compute.batches.BatchReader` per worker (a lazy
+Dataset, seeded transforms, ``loader_workers`` processes shared by all workers).
+
 What is the simulator's own: the event heap and the clock (the timing model is
 :mod:`dcasgd.engine.timing`'s).  Evaluations, metrics lines, staleness
 statistics, events and the summary go through the shared
@@ -61,8 +67,9 @@ from typing import Any, Callable
 
 import torch
 
+from ..compute.batches import BatchReader, DatasetSource, LoaderPool
 from ..compute.flat import FlatModel
-from ..compute.worker import BatchStream, compute_gradient, gradient_key
+from ..compute.worker import BatchStream, compute_gradient, compute_step, gradient_key
 from ..config import TrainConfig
 from ..core.consistency import APPLY, CANCEL, PointBatch, SyncBarrier, parse_consistency
 from ..core.kernels import all_finite
@@ -134,9 +141,10 @@ class Simulator:
                                  **cfg.rule_params())
         self.server_buffers = self.flat.buffers.clone()   # BatchNorm statistics: the latest pushed
         self._backup_is_pulled_copy = self.server.backups is not None and self.server.backups.dtype == torch.float32
-        n = len(data.train_y)
+        n = self.num_train = data.num_train
         self.workers = [SimWorker(m, BatchStream(n, m, cfg.workers, cfg.batch_size, cfg.seed))
                         for m in range(cfg.workers)]
+        self._open_batches(ctx)
         self.timing = Timing(cfg)
         self.barrier = SyncBarrier()
         self.rounds = self.consistency.mode in ("sync", "msync")    # barrier rounds; rennala: a PointBatch
@@ -239,6 +247,30 @@ class Simulator:
 
     # ------------------------------------------------------------ events
 
+    def _open_batches(self, ctx: RunContext) -> None:
+        """A reader per worker when the batches do not come from the inline tensor path of :meth:`_gradient`
+        (lazy data, augmentation, a step_fn); with ``loader_workers``, a pool of loader processes they share."""
+        self.readers, self.pool = None, None
+        source = ctx.task.train_source()
+        if source is None:
+            return
+        if self.cfg.loader_workers and isinstance(source, DatasetSource):
+            self.pool = LoaderPool(source, self.cfg.loader_workers)
+        self.readers = [BatchReader(w.stream, source, self.cfg.seed, self.pool) for w in self.workers]
+        self.step, self.step_is_loss = ctx.task.step, ctx.task.step_fn is None
+        self._gradient = self._read_gradient
+
+    def _read_gradient(self, w: SimWorker):
+        """As :meth:`_gradient`, for a batch a reader builds (any structure) and the task's step."""
+        reader = self.readers[w.index]
+        drawn = reader.draw()
+        batch = reader.build(drawn)
+        key = gradient_key(self.cfg.seed, w.index, w.clock)
+        self.flat.point_to(w.weights)
+        result = compute_step(self.flat, w.weights, w.buffers, batch, key, self.step, copy=self.probe is not None,
+                              origin=(w.index, w.clock))
+        return result, ((*batch, key) if self.step_is_loss else None), drawn.size
+
     def _gradient(self, w: SimWorker):
         batch = w.stream.next()
         key = gradient_key(self.cfg.seed, w.index, w.clock)
@@ -249,7 +281,7 @@ class Simulator:
         self.flat.point_to(w.weights)
         result = compute_gradient(self.flat, w.weights, w.buffers, x, y, key, copy=self.probe is not None,
                                   loss_fn=self.loss_fn, origin=(w.index, w.clock))
-        return result, (x, y, key)
+        return result, (x, y, key), len(batch)
 
     def _on_finish(self, w: SimWorker) -> None:
         verdict = self.consistency.arrival(self.server.version - w.base_version)
@@ -258,13 +290,13 @@ class Simulator:
             self._start(w)
             self._release_waiting()
             return
-        result, batch = self._gradient(w)
+        result, batch, size = self._gradient(w)
         if not all_finite(result.grad):
             self.recorder.diverged = True                  # the model blew up: a result, not an error
             self._log_event("diverged", w.index)
             return
         self.gradients += 1
-        self.samples += len(batch[1])
+        self.samples += size
         self.recorder.add_loss(result.loss)
         self.server_buffers.copy_(result.buffers)        # BatchNorm statistics: latest pushed wins
         clock_at_start = w.clock
@@ -411,7 +443,7 @@ class Simulator:
 
     @property
     def epoch(self) -> float:
-        return self.samples / len(self.ctx.data.train_y)
+        return self.samples / self.num_train
 
     @property
     def finished(self) -> bool:
@@ -442,13 +474,17 @@ class Simulator:
     def run(self) -> SimResult:
         """Simulate to the end (or a stop); write the summary.  A run that fails (the user's code raised,
         the disk filled) still writes a summary saying so (``outcome: "failed"``), then raises."""
-        resume = self._load_resume(self.ctx.resume_dir) if self.ctx.resume_dir is not None else None
-        open_run_dir(self.ctx)                             # (after the checkpoint's checks: bad input writes nothing)
         try:
-            return self._run(resume)
-        except RunFailed as exc:
-            self._write_failure(exc)
-            raise
+            resume = self._load_resume(self.ctx.resume_dir) if self.ctx.resume_dir is not None else None
+            open_run_dir(self.ctx)                         # (after the checkpoint's checks: bad input writes nothing)
+            try:
+                return self._run(resume)
+            except RunFailed as exc:
+                self._write_failure(exc)
+                raise
+        finally:
+            if self.pool is not None:
+                self.pool.close()
 
     def _run(self, resume: tuple[Path, dict[str, Any]] | None) -> SimResult:
         cfg = self.cfg

@@ -5,8 +5,9 @@ Datasets (:data:`DATASETS`): ``fashion-mnist`` and ``mnist`` (IDX files),
 generated in memory from a seed). :func:`load_dataset` returns a
 :class:`Dataset` of float32 inputs, normalised per channel with the mean and
 standard deviation of the training split (after the validation split is held
-out), and int64 labels. :func:`shard_indices` splits an epoch's samples among
-workers.
+out), and int64 labels. :func:`load_train_images` reads a built-in image data
+set's training split as stored (uint8), what a Ray worker holds.
+:func:`shard_indices` splits an epoch's samples among workers.
 
 Search order for the directory of a dataset ``<name>`` (first one holding all
 the expected files wins):
@@ -52,7 +53,8 @@ import torch
 from ..errors import InputError
 from ..names import DATASETS
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "find_dataset_dir", "load_dataset", "shard_indices", "split_validation"]
+__all__ = ["DATASETS", "Dataset", "DatasetError", "find_dataset_dir", "load_dataset", "load_train_images",
+           "shard_indices", "split_validation", "validation_indices"]
 
 class DatasetError(InputError):
     """A dataset file is missing, malformed, or failed verification; the message names the file."""
@@ -63,6 +65,8 @@ class Dataset:
     """Train/validation/test splits: inputs, and targets (int64 class indices for the built-ins).
 
     ``num_classes`` is None for targets that are not class indices (regression).
+    ``norm`` is the per-channel ``(mean, std)`` a built-in data set was standardised with
+    (shape (1, C, 1, 1) for images): ``x = (raw / 255 - mean) / std``.
     """
 
     name: str
@@ -73,11 +77,17 @@ class Dataset:
     val_x: torch.Tensor
     val_y: torch.Tensor
     num_classes: int | None
+    norm: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. (1, 28, 28) or (D,)."""
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        """Training samples (after the validation split)."""
+        return len(self.train_y)
 
 
 # --------------------------------------------------------------------------
@@ -530,17 +540,24 @@ def _make_synthetic(seed: int, n_train: int, n_test: int, dim: int, classes: int
 # Splitting, normalising, assembling
 
 
-def split_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int, where: str):
-    """(train_x, train_y, val_x, val_y): ``val_size`` samples picked by a permutation from ``seed``."""
-    n = len(x)
+def validation_indices(n: int, val_size: int, seed: int, where: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(train indices, validation indices), each sorted: ``val_size`` of ``range(n)`` picked by a permutation
+    from ``seed``; None when ``val_size`` is 0 (everything trains)."""
     if val_size < 0 or val_size >= n:
         raise DatasetError(f"{where}: val_size={val_size} must be in 0..{n - 1} "
                            f"(the training split has {n} samples)")
     if val_size == 0:
-        return x, y, x[:0], y[:0]
+        return None
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx = perm[:val_size].sort().values
-    train_idx = perm[val_size:].sort().values
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def split_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int, where: str):
+    """(train_x, train_y, val_x, val_y): ``val_size`` samples picked by a permutation from ``seed``."""
+    split = validation_indices(len(x), val_size, seed, where)
+    if split is None:
+        return x, y, x[:0], y[:0]
+    train_idx, val_idx = split
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
 
@@ -548,12 +565,23 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def _normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Standardise each channel (dim 1) with the training split's mean and std (population)."""
+def _normalise(train: torch.Tensor, *others: torch.Tensor) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Standardise each channel (dim 1) with the training split's mean and std (population); returns the
+    tensors and ``(mean, std)``."""
     dims = [0] + list(range(2, train.dim()))
     mean = train.mean(dim=dims, keepdim=True)
     std = train.std(dim=dims, keepdim=True, unbiased=False).clamp_min(1e-6)
-    return [t.sub_(mean).div_(std) for t in (train, *others)]
+    return [t.sub_(mean).div_(std) for t in (train, *others)], (mean, std)
+
+
+def _dataset_dir(name: str, root: str | None, download: bool) -> Path:
+    """The directory holding ``name``'s files: found in the search order, else downloaded (if allowed)."""
+    directory = find_dataset_dir(name, root)
+    if directory is None:
+        if not download:
+            raise _not_found_error(name, root)
+        directory = _download(name, root)
+    return directory
 
 
 def load_dataset(name: str, *, val_size: int = 0, seed: int = 0, root: str | None = None,
@@ -569,16 +597,31 @@ def load_dataset(name: str, *, val_size: int = 0, seed: int = 0, root: str | Non
         train, test = _make_synthetic(seed, synthetic_train, synthetic_test, synthetic_dim, synthetic_classes)
         num_classes, where = synthetic_classes, "synthetic (in memory)"
     else:
-        directory = find_dataset_dir(name, root)
-        if directory is None:
-            if not download:
-                raise _not_found_error(name, root)
-            directory = _download(name, root)
+        directory = _dataset_dir(name, root, download)
         train, test = _decoded(name, directory)
         num_classes, where = _NUM_CLASSES, str(directory)
     train_x, train_y, val_x, val_y = split_validation(*train, val_size, seed, where)
-    train_x, val_x, test_x = _normalise(_to_float(train_x), _to_float(val_x), _to_float(test[0]))
-    return Dataset(name, train_x, train_y, test_x, test[1], val_x, val_y, num_classes)
+    (train_x, val_x, test_x), norm = _normalise(_to_float(train_x), _to_float(val_x), _to_float(test[0]))
+    return Dataset(name, train_x, train_y, test_x, test[1], val_x, val_y, num_classes, norm)
+
+
+def load_train_images(name: str, *, val_size: int = 0, seed: int = 0, root: str | None = None,
+                      download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split of a built-in image data set as stored: (uint8 (N, C, H, W), int64 (N,)).
+
+    The same samples, in the same order, as :func:`load_dataset`'s ``train_x`` (the validation
+    samples held out), a quarter of its bytes; ``(x.float() / 255 - mean) / std`` with the
+    data set's ``norm`` gives its rows bit for bit.  Read from this machine's disk (found or
+    downloaded), not cached: what a Ray worker holds of a built-in data set.
+    """
+    _check_name(name)
+    if name == "synthetic":
+        raise DatasetError("synthetic (in memory): not an image data set; load_dataset makes it from the seed")
+    directory = _dataset_dir(name, root, download)
+    loader = _load_cifar_dataset if name == "cifar10" else _load_idx_dataset
+    (x, y), _ = loader(directory)
+    train_x, train_y, _, _ = split_validation(x, y, val_size, seed, str(directory))
+    return train_x, train_y
 
 
 # --------------------------------------------------------------------------

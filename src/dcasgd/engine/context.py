@@ -23,13 +23,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
+from ..compute.batches import EVAL_BATCH, eval_batches
 from ..compute.data import Dataset
 from ..compute.models import seeded_model
-from ..compute.task import Task, task_from_config
+from ..compute.task import LazyData, Task, task_from_config
 from ..config import ConfigError, TrainConfig
 from ..core.rules import LRSchedule
 from ..io.atomic import atomic_write_text
@@ -54,18 +55,26 @@ class RunContext:
 
     cfg: TrainConfig
     task: Task                                   # model factory, data, loss, metric
-    eval_x: torch.Tensor                         # what evaluations score: the test split, or val, or train
-    eval_y: torch.Tensor
+    eval_x: torch.Tensor | None                  # what evaluations score: the test split, or val, or train
+    eval_y: torch.Tensor | None                  # (tensor data; None for lazy data, see eval_set)
     schedule: Callable[[float], float]          # lr at an epoch (LRSchedule; under a time budget, engine.budget)
     out: Path | None                             # None: nothing is written (results in memory)
     model: torch.nn.Module                       # the freshly initialised model (seeded by cfg.seed)
     resume_dir: Path | None = None               # the run directory a resumed run continues
     ignored_settings: list[str] = field(default_factory=list)
+    eval_set: Any = None                         # lazy data: the Dataset evaluations read (eval_x/eval_y None)
     run_id: str | None = None                    # the run's identity (set by open_run_dir; None: no files)
 
     @property
-    def data(self) -> Dataset:
+    def data(self) -> Dataset | LazyData:
         return self.task.data
+
+    def eval_batches(self) -> Iterator[Any]:
+        """The evaluation split's batches, in order: chunks of the tensors, or collated Dataset items."""
+        if self.eval_set is None:
+            return ((self.eval_x[i:i + EVAL_BATCH], self.eval_y[i:i + EVAL_BATCH])
+                    for i in range(0, len(self.eval_y), EVAL_BATCH))
+        return eval_batches(self.eval_set, self.task.data.collate_fn, self.cfg.seed)
 
     @property
     def eval_split(self) -> str:
@@ -93,18 +102,16 @@ def prepare_run(cfg: TrainConfig, task: Task | None = None) -> RunContext:
         check_tensorboard_dir(cfg.tensorboard, cfg.overwrite)
     task = task_from_config(cfg) if task is None else task
     data = task.data
-    check_shards(cfg, len(data.train_y))
+    check_shards(cfg, data.num_train)
     model = seeded_model(task.model_fn, cfg.seed)
     check_memory(cfg, sum(p.numel() for p in model.parameters() if p.requires_grad))
-    if cfg.eval_split == "val":
-        if len(data.val_y) == 0:
-            raise ConfigError("eval_split 'val' needs val_size > 0")
-        eval_x, eval_y = data.val_x, data.val_y
-    else:
-        eval_x, eval_y = data.test_x, data.test_y
+    evaluated = task.eval_set(cfg.eval_split)
+    if cfg.eval_split == "val" and len(evaluated[1] if isinstance(evaluated, tuple) else evaluated) == 0:
+        raise ConfigError("eval_split 'val' needs val_size > 0")
+    eval_x, eval_y, eval_set = (*evaluated, None) if isinstance(evaluated, tuple) else (None, None, evaluated)
     schedule = budgeted(LRSchedule(cfg.lr, cfg.lr_schedule, tuple(cfg.lr_milestones), cfg.lr_gamma,
                                    cfg.epochs, cfg.warmup_epochs), cfg)
-    return RunContext(cfg, task, eval_x, eval_y, schedule, out, model, resume_dir, ignored)
+    return RunContext(cfg, task, eval_x, eval_y, schedule, out, model, resume_dir, ignored, eval_set)
 
 
 def open_run_dir(ctx: RunContext) -> None:

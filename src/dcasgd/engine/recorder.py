@@ -24,7 +24,7 @@ import torch
 
 from ..compute.flat import FlatModel
 from ..compute.objectives import describe
-from ..compute.worker import evaluate
+from ..compute.worker import evaluate, evaluate_batches
 from ..io.tensorboard import open_metrics
 from .budget import StopRule
 from .context import RunContext
@@ -113,8 +113,12 @@ class Recorder:
         if self.eval_threads:
             torch.set_num_threads(self.eval_threads)
         try:
-            error, test_loss = evaluate(self.flat, weights, buffers, self.ctx.eval_x, self.ctx.eval_y,
-                                        task.loss_fn, task.metric)
+            if self.ctx.eval_set is None and task.eval_fn is None:
+                error, test_loss = evaluate(self.flat, weights, buffers, self.ctx.eval_x, self.ctx.eval_y,
+                                            task.loss_fn, task.metric)
+            else:
+                error, test_loss = evaluate_batches(self.flat, weights, buffers, self.ctx.eval_batches(),
+                                                    task.loss_fn, task.metric, task.eval_fn)
         finally:
             torch.set_num_threads(threads)
         self.eval_wall_s += time.perf_counter() - started
@@ -162,8 +166,9 @@ class Recorder:
         return {
             "final_test_error": None if final is None else final["test_error"],
             "eval_split": self.ctx.eval_split,
-            "metric": describe(task.metric),
-            "loss": describe(task.loss_fn),
+            "metric": describe(task.metric if task.eval_fn is None else task.eval_fn),
+            "loss": describe(task.loss_fn if task.step_fn is None else task.step_fn),
+            "data_path": task.data_path,
             "diverged": self.diverged or outcome == "diverged",
             "outcome": outcome,
             "updates": updates,

@@ -36,11 +36,13 @@ def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    """A checkpoint resumes only the run it came from: every setting but RESUME_MAY_CHANGE must match."""
-    current = cfg.to_dict()
-    differ = sorted(k for k in current if k not in RESUME_MAY_CHANGE and _norm(saved.get(k)) != _norm(current[k]))
+    """A checkpoint resumes only the run it came from: every setting but RESUME_MAY_CHANGE must match
+    (a setting the checkpoint does not record is one added since: it ran at the default)."""
+    current, default = cfg.to_dict(), TrainConfig().to_dict()
+    differ = sorted(k for k in current
+                    if k not in RESUME_MAY_CHANGE and _norm(saved.get(k, default[k])) != _norm(current[k]))
     if differ:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
+        detail = ", ".join(f"{k}: checkpoint {saved.get(k, default[k])!r} vs now {current[k]!r}" for k in differ)
         raise CheckpointError(f"checkpoint {path} is from a different run ({detail})")
 
 

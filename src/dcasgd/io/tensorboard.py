@@ -48,11 +48,12 @@ class TensorBoardLogger:
         if staleness is not None:
             self.writer.add_scalar("train/staleness", staleness, version)
 
-    def evaluation(self, version: int, epoch: float, test_error: float, test_loss: float,
+    def evaluation(self, version: int, epoch: float, test_error: float, test_loss: float | None,
                    train_loss: float | None) -> None:
-        """One evaluation: error in percent, mean cross-entropies, epoch reached."""
+        """One evaluation: error in percent, mean cross-entropies (no test loss with an eval_fn), epoch reached."""
         self.writer.add_scalar("eval/test_error_pct", test_error, version)
-        self.writer.add_scalar("eval/test_loss", test_loss, version)
+        if test_loss is not None:
+            self.writer.add_scalar("eval/test_loss", test_loss, version)
         if train_loss is not None:
             self.writer.add_scalar("eval/train_loss", train_loss, version)
         self.writer.add_scalar("eval/epoch", epoch, version)

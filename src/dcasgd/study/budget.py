@@ -67,7 +67,7 @@ def study_budgets(grid: dict[str, Any], configs: dict[str, list[TrainConfig]]) -
                                   "the budget in seconds (time_budget = N in [compare]) or 0 for none")
             if num_train is None:          # one data set for the whole study: load it once
                 from ..compute.task import task_from_config
-                num_train = len(task_from_config(cfg).data.train_y)
+                num_train = task_from_config(cfg).data.num_train
             times.setdefault(cluster, {})[str(cfg.seed)] = sequential_time(cfg, num_train)
     return {"budgets": {cluster: max(t.values()) for cluster, t in times.items()}, "sequential_time_s": times}
 

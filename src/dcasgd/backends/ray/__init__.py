@@ -10,7 +10,9 @@ Processes::
     LeadServer actor                    ServerShard 0 and the Coordinator (clocks, consistency waits,
                                         grants, stop and checkpoint pauses) in one asyncio actor
     ServerShard actors k = 1..S-1       a ServerCore over slice [start_k, end_k) of the flat vector
-    RayWorker actors m = 0..M-1         model + data, loops pull -> gradient -> push
+    RayWorker actors m = 0..M-1         model + its batches (compute/batches.py: a built-in data set read from its
+                                        node's disk, a lazy Dataset item by item, or the user's tensors from the
+                                        object store), loops pull -> gradient -> push
 
 One gradient of worker m::
 

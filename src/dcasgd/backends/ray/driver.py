@@ -16,7 +16,7 @@ import ray.exceptions
 import torch
 
 from ...compute.flat import FlatModel
-from ...compute.task import Task
+from ...compute.task import Task, worker_task
 from ...config import ConfigError, TrainConfig
 from ...core.consistency import parse_consistency
 from ...engine import signals
@@ -160,13 +160,13 @@ class RayRun:
                     "start": start, "end": end, "index": k, "rule_params": cfg.rule_params(),
                     "backup_dtype": cfg.backup_dtype, "clip_norm": cfg.clip_norm, "consistency": cfg.consistency,
                     "schedule": ctx.schedule,
-                    "num_train": len(ctx.data.train_y), "log_updates": k == 0, "buffers": flat.buffers.numpy()}
+                    "num_train": ctx.data.num_train, "log_updates": k == 0, "buffers": flat.buffers.numpy()}
 
         coordinator_args = {"num_workers": cfg.workers, "consistency": cfg.consistency,
                             "target_samples": self.target_samples, "stop_after_updates": cfg.stop_after_updates,
                             "checkpoint_every": cfg.checkpoint_every, "max_refused": cfg.max_refused,
                             "start": dict(resume["coordinator"]) if resume else None,
-                            "probe_every": cfg.probe_every, "num_train": len(ctx.data.train_y),
+                            "probe_every": cfg.probe_every, "num_train": ctx.data.num_train,
                             "reference_workers": reference_workers(cfg)}
         # a nested ObjectRef is not resolved for us: shard 0 gets the array itself
         lead = ray.remote(LeadServer).options(max_restarts=0, **server_opts).remote(
@@ -177,9 +177,13 @@ class RayRun:
         if resume is not None:
             ray.get([s.load_state.remote(sd) for s, sd in zip(shards, resume["shards"])])
         coordinator = lead
-        x_ref, y_ref = ray.put(ctx.data.train_x.numpy()), ray.put(ctx.data.train_y.numpy())
+        # the user's tensors go through the object store (zero-copy on one node); built-in data sets are
+        # read from each worker's own disk, and a lazy Dataset travels as itself (or its factory) in the task
+        x_ref = y_ref = None
+        if self.worker_task.make_source is None:
+            x_ref, y_ref = ray.put(ctx.data.train_x.numpy()), ray.put(ctx.data.train_y.numpy())
         worker_cls = ray.remote(RayWorker)
-        task_ref = ray.put((ctx.task.model_fn, ctx.task.loss_fn))            # cloudpickled once for all workers
+        task_ref = ray.put(self.worker_task)                                # cloudpickled once for all workers
         workers = [worker_cls.options(max_restarts=cfg.worker_restarts, max_task_retries=0, **worker_opts).remote(
             m, cfg, x_ref, y_ref, task_ref, shards, self.ranges, coordinator, self.worker_hooks.get(m))
             for m in range(cfg.workers)]
@@ -210,13 +214,14 @@ class RayRun:
         self.flat = FlatModel(ctx.model)
         self.recorder = Recorder(ctx, self.flat)
         self.recorder.eval_threads = 1           # the workers own the cores; OpenMP spinning costs 10x
-        self.target_samples = math.ceil(cfg.epochs * len(data.train_y))
+        self.target_samples = math.ceil(cfg.epochs * data.num_train)
+        self.worker_task = worker_task(ctx.task, cfg)
         try:                                               # bad input fails here, before Ray starts
             self.ranges = shard_ranges(self.flat.tensor_sizes, cfg.servers)
         except ValueError as exc:
             raise ConfigError(f"servers: {exc}") from None
         self._init_bookkeeping(resume)
-        data_bytes = data.train_x.numel() * 4 + data.train_y.numel() * 8
+        data_bytes = 0 if self.worker_task.make_source else data.train_x.numel() * 4 + data.train_y.numel() * 8
         owns_ray = self._connect(self.flat.num_params, data_bytes)
         signals.install()                    # Ray's start-up replaced the SIGTERM handler with its own
         try:

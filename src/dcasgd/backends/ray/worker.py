@@ -1,4 +1,5 @@
-"""A worker actor: a model, the training set (zero-copy from the object store) and the gradient loop."""
+"""A worker actor: a model, its training batches (read on its own machine, or zero-copy from the object store)
+and the gradient loop."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import numpy as np
 import ray
 import torch
 
+from ...compute.batches import BatchReader, DatasetSource, LoaderPool, to_device
 from ...compute.flat import FlatModel, views_of
 from ...compute.models import seeded_model
-from ...compute.worker import BatchStream, compute_gradient, gradient_key
+from ...compute.task import WorkerTask
+from ...compute.worker import BatchStream, compute_step, gradient_key
 from ...config import ConfigError, TrainConfig
 from ...core.consistency import JobDropped
 from ...core.kernels import all_finite
@@ -41,10 +44,16 @@ def _flat_to_device(flat: FlatModel, device: torch.device) -> FlatModel:
 
 
 class RayWorker:
-    """Worker m: a model, the training set (zero-copy from the object store) and the gradient loop.
+    """Worker m: a model, its training batches and the gradient loop.
 
-    ``task`` is ``(model_fn, loss_fn)``: the run's model factory (called here,
-    seeded by the run's seed; the weights then come from the server) and loss.
+    ``task`` (:class:`~dcasgd.compute.task.WorkerTask`): the run's model factory
+    (called here, seeded by the run's seed; the weights then come from the
+    server), its step and loss, and where the batches come from: a built-in data
+    set read from this machine's disk, a lazy Dataset (the object, or the user's
+    factory called here) read item by item, or the user's tensors ``train_x``,
+    ``train_y`` (zero-copy from the object store; None otherwise).  With
+    ``loader_workers`` a lazy Dataset's next batches are built ahead in that many
+    processes (:class:`~dcasgd.compute.batches.BatchReader`).
 
     Emulated speeds (``--speeds``, ``--hetero-sigma``, ``--stragglers``): with
     ``k = speed[m] / min(speed)`` from :func:`dcasgd.engine.speeds.worker_speeds`,
@@ -61,8 +70,8 @@ class RayWorker:
     ``push_pause_mark`` names a file that says "pid seq" during that sleep).
     """
 
-    def __init__(self, index: int, cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray,
-                 task: tuple[Callable[[], torch.nn.Module], Callable], shards: list[Any],
+    def __init__(self, index: int, cfg: TrainConfig, train_x: np.ndarray | None, train_y: np.ndarray | None,
+                 task: WorkerTask, shards: list[Any],
                  ranges: list[tuple[int, int]], coordinator: Any, hooks: dict[str, Any] | None = None) -> None:
         torch.set_num_threads(1)
         self.index, self.cfg = index, cfg
@@ -73,21 +82,33 @@ class RayWorker:
             raise ConfigError(f"device 'cuda': worker {index} sees no CUDA device (torch.cuda.is_available() "
                               f"is False on {os.uname().nodename})")
         self.device = torch.device(cfg.device)
-        self.x, self.y = _readonly_tensor(train_x), _readonly_tensor(train_y)
-        model_fn, self.loss_fn = task
-        self.flat = FlatModel(seeded_model(model_fn, cfg.seed))
+        tensors = [None if a is None else _readonly_tensor(a) for a in (train_x, train_y)]
+        self.source = task.source(*tensors)
+        self.loss_fn, self.step = task.loss_fn, task.step_fn
+        self.flat = FlatModel(seeded_model(task.model_fn, cfg.seed))
         if self.device.type != "cpu":
             _flat_to_device(self.flat, self.device)
         # pulled weights land in the model's own flat parameters on CPU (then loading them is free)
         self.weights = self.flat.params if self.device.type == "cpu" else torch.zeros(self.flat.num_params)
         self.buffers = torch.zeros(self.flat.buffers.numel())
-        self.stream = BatchStream(len(self.y), index, cfg.workers, cfg.batch_size, cfg.seed)
+        self.stream = BatchStream(len(self.source), index, cfg.workers, cfg.batch_size, cfg.seed)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
     def run(self) -> dict[str, Any]:
-        """Pull, compute, push until the coordinator says stop; returns this worker's tallies.
+        """Pull, compute, push until the coordinator says stop; returns this worker's tallies."""
+        workers = self.cfg.loader_workers if isinstance(self.source, DatasetSource) else 0
+        pool = LoaderPool(self.source, workers) if workers else None
+        self.reader = BatchReader(self.stream, self.source, self.cfg.seed, pool, depth=2 * workers)
+        try:
+            return self._loop()
+        finally:
+            if pool is not None:
+                pool.close()
+
+    def _loop(self) -> dict[str, Any]:
+        """The gradient loop of :meth:`run`.
 
         With one server shard each gradient is one call (:meth:`LeadServer.step`: push,
         report, next grant, pull).  With S shards, and for a gradient the compensation
@@ -103,12 +124,12 @@ class RayWorker:
         spent = {"compute_s": 0.0, "exchange_s": 0.0, "slowdown_s": 0.0, "loop_s": 0.0}   # where the time goes
         loop_start = time.perf_counter()
         pacer = SlowdownPacer(self.slowdown) if self.slowdown > 1 else None
-        batch = self.stream.next()
+        drawn = self.reader.draw()
         cycle = CycleClock()
-        stepped = self._step(generation, None, int(batch.numel()), seq)[1:] if one_call else None
+        stepped = self._step(generation, None, drawn.size, seq)[1:] if one_call else None
         while True:
             grant, pulled = stepped if stepped is not None else (
-                ray.get(self.coord.next.remote(m, generation, report, int(batch.numel()))), None)
+                ray.get(self.coord.next.remote(m, generation, report, drawn.size)), None)
             if not grant["go"]:
                 spent["loop_s"] = time.perf_counter() - loop_start
                 return {"worker": m, "gradients": gradients, "reason": grant["reason"], **spent}
@@ -117,14 +138,13 @@ class RayWorker:
             # the pull: this worker's part, and with one shard the server's (its copy, reported with the grant)
             pull_s = time.perf_counter() - granted + (grant.get("pull_s", 0.0) if pulled is not None else 0.0)
             cycle.granted(grant.get("wait_s", 0.0), grant.get("held_s", 0.0), pull_s)
-            x, y = self.x.index_select(0, batch), self.y.index_select(0, batch)   # (5x x[batch])
+            batch = self.reader.build(drawn)
             key = gradient_key(self.cfg.seed, m, grant["clock"])
             started = time.perf_counter()
-            if self.device.type != "cpu":
-                x, y = x.to(self.device), y.to(self.device)
+            batch = to_device(batch, self.device)
             # with shared memory the gradient stays where backward wrote it: the server reads it there
-            result = compute_gradient(self.flat, self.weights, self.buffers, x, y, key, loss_fn=self.loss_fn,
-                                      copy=not self.shared, origin=(m, grant["clock"]))
+            result = compute_step(self.flat, self.weights, self.buffers, batch, key, self.step, copy=not self.shared,
+                                  origin=(m, grant["clock"]))
             grad = result.grad.cpu()
             if self.hooks.get("compute_delay_s"):
                 time.sleep(self.hooks["compute_delay_s"])
@@ -140,22 +160,22 @@ class RayWorker:
             seq += 1
             probed = bool(grant.get("probe"))
             now = self._pull_now() if probed else None               # the weights this push will meet
-            batch_n, batch = int(batch.numel()), self.stream.next()
             parts = cycle.sent()
             if pacer is not None:
                 pacer.record(parts["cycle_s"], grant.get("ref_cycle_s"))
             meta = {"t_pull": t_pull, "t_push": time.time(), "duration_s": max(duration, 1e-9),
                     "loss": result.loss, "clock": grant["clock"], "clock_gap": grant["clock_gap"], **parts,
                     **({"probe": True} if probed else {})}
+            batch_n, drawn = drawn.size, self.reader.draw()
             exchange_start = time.perf_counter()
             if one_call and not probed:
                 push = self._push_message(seq, base, grad, result.buffers.cpu(), batch_n, meta, grant["members"])
-                report, *stepped = self._step(generation, push, int(batch.numel()), seq)
+                report, *stepped = self._step(generation, push, drawn.size, seq)
             else:
                 report, stepped = self._push(seq, base, grad, result.buffers.cpu(), result.loss, batch_n, meta,
                                              grant["members"] or None), None
                 if probed and report["applied"]:
-                    report["probe"] = self._probe(now, base, grad, x, y, key, report["version"])
+                    report["probe"] = self._probe(now, base, grad, *batch, key, report["version"])
             spent["exchange_s"] += time.perf_counter() - exchange_start
             gradients += bool(report.get("applied"))
 
