@@ -181,7 +181,7 @@ def test_compare_on_a_two_node_ray_cluster_gives_the_runs_of_local_jobs(tmp_path
         assert main(["compare", str(remote), *TINY, *grid, "--address", cluster.address]) == 0
     mine, theirs = runs_under(local), runs_under(remote)
     assert sorted(mine) == sorted(theirs) and len(mine) == 4 + 4             # lr runs, then the final runs
-    wall = {"wall_time_s", "eval_wall_s", "command"}
+    wall = {"wall_time_s", "eval_wall_s", "command", "run_id"}      # (run_id: every run its own)
     for path, summary_local in mine.items():
         assert (remote / path / "metrics.jsonl").read_bytes() == (local / path / "metrics.jsonl").read_bytes()
         summary_ray = theirs[path]
