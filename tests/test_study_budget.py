@@ -225,3 +225,17 @@ def test_a_cluster_can_have_its_own_grids_and_epoch_caps():
         study_grid(None, {"cluster_grids": {"nope": {"lr_grid": [0.1]}}}, None)
     with pytest.raises(ConfigError, match="cluster_grids"):
         study_grid(None, {"cluster_grids": {"homogeneous": {"seeds": [1]}}}, None)
+
+
+def test_the_paper_protocol_alone_runs_every_asynchronous_method_at_asgds_lr(tmp_path):
+    """Paper alone: DC-ASGD has no lr runs of its own, and takes ASGD's (it was a KeyError)."""
+    study = tmp_path / "study"
+    assert main(["compare", str(study), *TINY, "--methods", "sequential,asgd,dc-asgd-a", "--workers-grid", "1,2",
+                 "--seeds", "0", "--lr-grid", "0.05,0.2", "--protocols", "paper", "--lam0-grid", "",
+                 "--threads", "1"]) == 0
+    finals = {path.parent.name: summary for path, summary in
+              ((p, json.loads(p.read_text())) for p in study.glob("final/*/*/summary.json"))}
+    assert sorted(finals) == ["asgd-M2-s0", "dc-asgd-a-M2-s0", "sequential-M1-s0"]
+    assert finals["dc-asgd-a-M2-s0"]["config"]["lr"] == finals["asgd-M2-s0"]["config"]["lr"]
+    assert not list(study.glob("lr/*/dc-asgd-a-*"))                    # no lr runs of its own
+    assert main(["report", str(study), "--to", str(tmp_path / "report")]) == 0

@@ -353,12 +353,14 @@ def choose(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[SettingKe
                 at_asgd_lr = [r for r in runs if r[1] == asgd.lr]
                 own = at_asgd_lr[0][2] if at_asgd_lr else chosen[("tuned", lr_name, method, workers)].param
                 chosen[("paper", lr_name, method, workers)] = Choice(asgd.lr, own)
+        for group in groups(grid):           # methods the paper protocol alone runs without lr runs of their own
+            if group.protocol != "paper":
+                continue
+            for method, workers in pairs(cluster_grid(grid, group.cluster), "paper"):
+                asgd = chosen.get(("tuned", group.lr_name, "asgd", workers))
+                if method not in PARAMETER and method not in SYNCHRONOUS and asgd is not None:
+                    chosen.setdefault(("paper", group.lr_name, method, workers), Choice(asgd.lr, None))
     return chosen
-
-
-def choose_learning_rates(base: TrainConfig, grid: dict[str, Any], out: Path) -> dict[LrKey, float]:
-    """The tuned learning rate of every (lr group, method, M) whose lr-selection runs are all current."""
-    return {k[1:]: c.lr for k, c in choose(base, grid, out).items() if k[0] == "tuned"}
 
 
 def plan(base: TrainConfig, grid: dict[str, Any], out: Path, chosen: dict[SettingKey, Choice]) -> list[Job]:
