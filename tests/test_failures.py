@@ -272,7 +272,8 @@ def test_a_signal_stops_a_ray_run_cleanly_with_a_summary_and_a_checkpoint(tmp_pa
     assert "Fatal" not in err and "*** SIG" not in err                  # no Ray signal dump
 
 
-def test_sigterm_stops_compare_at_once_and_the_next_compare_finishes_the_study(tmp_path):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_compare_at_once_and_the_next_compare_finishes_the_study(tmp_path, signum, status):
     study = tmp_path / "study"
     grid = ["compare", str(study), "--dataset", "synthetic", "--epochs", "2", "--methods", "asgd,dc-asgd-a",
             "--workers-grid", "2,4", "--seeds", "0,1,2,3,4,5,6,7,8,9", "--lr-grid", "0.1", "--val-size", "256",
@@ -281,10 +282,10 @@ def test_sigterm_stops_compare_at_once_and_the_next_compare_finishes_the_study(t
     total = 2 * 2 * 10
     run = start(grid)
     wait_for(lambda: len(list(study.glob("final/*/*/summary.json"))) >= 1, "finished run", run)
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(signum)
     _, err = run.communicate(timeout=180)
-    assert run.returncode == 143, err
-    assert "stopped by SIGTERM" in err
+    assert run.returncode == status, err
+    assert f"stopped by {signal.Signals(signum).name}" in err
     done = [p for p in study.glob("final/*/*/summary.json") if json.loads(p.read_text())["outcome"] == "finished"]
     assert len(done) < total                                            # the queue was not run out
     assert json.loads((study / "compare.json").read_text())["finished"] is False
@@ -347,3 +348,23 @@ def test_report_does_not_call_a_study_with_every_final_run_done_unfinished(tmp_p
     assert main(["report", str(study), "--to", str(tmp_path / "report")]) == 0
     table = (tmp_path / "report" / "table.md").read_text()
     assert "not finished: 2 of 2" not in table and "has not recorded the study as finished" in table
+
+
+def test_signals_set_the_flag_only_inside_a_watching_loop_and_the_api_installs_nothing():
+    from dcasgd.engine import signals
+    before = signal.getsignal(signal.SIGTERM)
+    signals.install()                                     # outside the CLI (Ray's driver calls it): a no-op
+    assert signal.getsignal(signal.SIGTERM) is before
+    with signals.stop_on_signals() as stop:
+        with pytest.raises(signals.Stopped):              # nothing watches: stop at once
+            signals._handler(signal.SIGTERM, None)
+        with signals.watching():
+            signals._handler(signal.SIGTERM, None)       # a loop watches: it is asked to stop
+            assert stop.requested and stop.signum == signal.SIGTERM
+            signals._handler(signal.SIGTERM, None)       # (a repeated SIGTERM still only asks)
+            with pytest.raises(signals.Stopped):          # a second Ctrl-C does not wait
+                signals._handler(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGTERM) is before and not signals.STOP.requested
+    dcasgd.train(lambda: nn.Linear(4, 2), (torch.randn(32, 4), torch.zeros(32, dtype=torch.long)), workers=2,
+                 epochs=1, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before

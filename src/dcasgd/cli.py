@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import NOT_RESTORED_ON_RESUME, RESUME_MAY_CHANGE, ConfigError, TrainConfig
-from .engine.signals import STOP, exit_status, signal_name, stop_on_signals
+from .engine.signals import STOP, Stopped, exit_status, signal_name, stop_on_signals
 from .errors import InputError, RunFailed, StorageError, UserCodeError, is_machine_failure
 from .names import (AUGMENTS, BACKENDS, BACKUP_DTYPES, DATASETS, DEVICES, FIT_SHAPES, LOSSES, METRICS, MODELS, RULES,
                     SCHEDULES, TIMINGS)
@@ -575,7 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with stop_on_signals():
             return args.func(args)
-    except KeyboardInterrupt:                          # a second Ctrl-C, or one outside a run
+    except Stopped as exc:                             # outside a loop that stops cleanly, or a second Ctrl-C
+        print(f"dcasgd: stopped by {exc} at once", file=sys.stderr)
+        return exit_status(exc.signum)
+    except KeyboardInterrupt:
         print("dcasgd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except StorageError as exc:

@@ -81,7 +81,7 @@ from ..engine.probe import CompensationProbe
 from ..engine.recorder import Recorder
 from ..engine.resume import (check_resumable, check_same_run, check_thread_count, load_resume_checkpoint,
                              metrics_prefix_problem)
-from ..engine.signals import STOP, signal_name
+from ..engine.signals import STOP, signal_name, watching
 from ..engine.timing import TraceError, Timing, load_trace, trace_record  # noqa: F401 (TraceError, load_trace: as before)
 from ..io.checkpoint import CheckpointError, save_checkpoint
 from ..io.metrics import MetricsWriter
@@ -506,19 +506,20 @@ class Simulator:
                 for w in self.workers:
                     self._start(w)
         handlers = {FINISH: self._on_finish, FAIL: self._on_fail, REJOIN: self._on_rejoin}
-        while self.events and not (self.finished or self.stop_requested or STOP.requested):
-            if self._checkpoint_due:                       # between events: a clean cut
-                self._save_checkpoint()
-            if self.recorder.stop.over_budget(self.events[0].time):
-                self.now = cfg.time_budget                 # the budget ends before the next event
-                self.recorder.stop.end_at_budget()
-                break
-            event = heapq.heappop(self.events)
-            w = self.workers[event.worker]
-            if event.kind == FINISH and (not w.alive or event.generation != w.generation):
-                continue                                   # the worker died while computing
-            self.now = event.time
-            handlers[event.kind](w)
+        with watching():                                   # a signal only asks the loop to stop
+            while self.events and not (self.finished or self.stop_requested or STOP.requested):
+                if self._checkpoint_due:                       # between events: a clean cut
+                    self._save_checkpoint()
+                if self.recorder.stop.over_budget(self.events[0].time):
+                    self.now = cfg.time_budget                 # the budget ends before the next event
+                    self.recorder.stop.end_at_budget()
+                    break
+                event = heapq.heappop(self.events)
+                w = self.workers[event.worker]
+                if event.kind == FINISH and (not w.alive or event.generation != w.generation):
+                    continue                                   # the worker died while computing
+                self.now = event.time
+                handlers[event.kind](w)
         outcome = self._outcome()
         if outcome in ("stopped", "max_refused", "interrupted"):
             if outcome != "interrupted" or (cfg.checkpoint_every and self.ctx.out is not None):

@@ -545,7 +545,7 @@ def run_jobs(jobs: list[Job], base: TrainConfig, grid: dict[str, Any], out: Path
     if not to_run:
         return
     if address:
-        run_on_ray(to_run, address, threads, done)
+        run_on_ray(to_run, address, threads, done, base.connect_timeout)
     else:
         run_local(to_run, n_jobs, threads, done)
 

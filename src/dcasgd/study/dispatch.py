@@ -44,24 +44,30 @@ def run_local(configs: dict[Hashable, TrainConfig], n_jobs: int, threads: int, d
     """Run every configuration in a pool of ``n_jobs`` processes; ``done(key, summary)`` as each finishes.
 
     The processes are spawned (fresh interpreters with this one's ``sys.path``: none inherits its threads,
-    such as an OpenMP pool, which a fork would leave locked) and handle SIGINT/SIGTERM as the CLI does.  On Ctrl-C or
-    SIGTERM (:data:`~dcasgd.engine.signals.STOP`) the queued runs are cancelled at once, the running ones
+    such as an OpenMP pool, which a fork would leave locked) and, under the CLI, handle SIGINT/SIGTERM as it
+    does.  On Ctrl-C or SIGTERM (:data:`~dcasgd.engine.signals.STOP`) the queued runs are cancelled at once, the running ones
     stopped (:func:`stop_pool`), and :class:`Interrupted` raised.
     """
     pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=signals.install)
+                               initializer=signals.adopt if signals.STOP.active else None)
     try:
         pending = {pool.submit(run_one, cfg, threads): key for key, cfg in configs.items()}
-        while pending:
-            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in finished:
-                done(pending.pop(future), future.result())
-            if signals.STOP.requested:
-                raise Interrupted(signals.STOP.signum)
+        with signals.watching():
+            _wait_local(pending, done)
     except BaseException:
         stop_pool(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _wait_local(pending: dict[Any, Hashable], done: Done) -> None:
+    """``done`` for each run as it finishes; :class:`Interrupted` when a signal asks to stop."""
+    while pending:
+        finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        for future in finished:
+            done(pending.pop(future), future.result())
+        if signals.STOP.requested:
+            raise Interrupted(signals.STOP.signum)
 
 
 def stop_pool(pool: ProcessPoolExecutor, grace_s: float = 60.0) -> None:
@@ -87,32 +93,41 @@ def run_one(cfg: TrainConfig, threads: int) -> dict[str, Any]:
     return run(cfg).summary
 
 
-def run_on_ray(configs: dict[Hashable, TrainConfig], address: str, threads: int, done: Done) -> None:
+def run_on_ray(configs: dict[Hashable, TrainConfig], address: str, threads: int, done: Done,
+               connect_timeout: float = 30.0) -> None:
     """Run every configuration as a Ray task (``num_cpus = threads``) on the cluster at ``address``."""
     import ray
     from ..backends.ray.cluster import connect_or_explain
     from ..engine.context import command_line
     started = not ray.is_initialized()
     if started:
-        connect_or_explain(address, 30.0)
+        connect_or_explain(address, connect_timeout)
         ray.init(address=address, log_to_driver=False)
         signals.install()                          # Ray's start-up replaced the SIGTERM handler
     try:
         task = ray.remote(num_cpus=threads, max_retries=0)(_remote_run)
         command = command_line()
         pending = {task.remote(replace(cfg, out="run"), threads): key for key, cfg in configs.items()}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            for ref in ready:
-                key = pending.pop(ref)
-                done(key, write_run_files(Path(configs[key].out), ray.get(ref), command))
-            if signals.STOP.requested:                   # cancel queued and running tasks; none writes here
-                for ref in pending:
-                    ray.cancel(ref, force=True)
-                raise Interrupted(signals.STOP.signum)
+        with signals.watching():
+            _wait_on_ray(pending, configs, command, done)
     finally:
         if started:
             ray.shutdown()
+
+
+def _wait_on_ray(pending: dict[Any, Hashable], configs: dict[Hashable, TrainConfig], command: str,
+                 done: Done) -> None:
+    """Write each finished task's files and call ``done``; on a signal cancel the rest (none writes here)."""
+    import ray
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        for ref in ready:
+            key = pending.pop(ref)
+            done(key, write_run_files(Path(configs[key].out), ray.get(ref), command))
+        if signals.STOP.requested:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise Interrupted(signals.STOP.signum)
 
 
 def _remote_run(cfg: TrainConfig, threads: int) -> dict[str, bytes]:

@@ -228,7 +228,8 @@ class RayRun:
             self._start_actors(ctx, self.flat, resume)
             self._open_outputs(resume)
             try:
-                self._loop()
+                with signals.watching():         # a signal only asks the loop to stop granting
+                    self._loop()
             except ServerLost as exc:
                 self._server_lost(exc)
                 raise
