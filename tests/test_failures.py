@@ -368,3 +368,13 @@ def test_signals_set_the_flag_only_inside_a_watching_loop_and_the_api_installs_n
     dcasgd.train(lambda: nn.Linear(4, 2), (torch.randn(32, 4), torch.zeros(32, dtype=torch.long)), workers=2,
                  epochs=1, progress=False)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_eval_fn_may_return_tensors():
+    def eval_fn(model, batch):
+        x, y = batch
+        return (model(x).argmax(1) != y).sum(), torch.tensor(len(y))          # tensors, not numbers
+    result = dcasgd.train(lambda: nn.Linear(4, 2), (torch.randn(64, 4), torch.zeros(64, dtype=torch.long)),
+                          eval_fn=eval_fn, workers=2, epochs=1, batch_size=16, progress=False)
+    assert isinstance(result.final_error, float) and 0 <= result.final_error <= 1
+    json.dumps(result.summary)

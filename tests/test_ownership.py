@@ -197,3 +197,18 @@ def test_a_resume_under_the_same_thread_count_is_bit_identical_and_quiet(tmp_pat
     assert "torch threads" not in capsys.readouterr().err
     assert (parts / "metrics.jsonl").read_bytes() == (whole / "metrics.jsonl").read_bytes()
     assert "torch_threads_history" not in summary_of(parts)
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_let_go_and_is_a_storage_error(tmp_path, monkeypatch):
+    import errno
+    from dcasgd.errors import StorageError
+    from dcasgd.io import lock as lock_module
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(lock_module.os, "write", full_disk)
+    with pytest.raises(StorageError, match="No space left"):
+        DirLock(tmp_path / "run").acquire()
+    monkeypatch.undo()
+    with DirLock(tmp_path / "run"):                     # not left held by the failed attempt
+        pass

@@ -154,6 +154,23 @@ def test_a_killed_server_shard_stops_the_run_and_resume_applies_nothing_twice(cl
     assert final["final_test_error"] < 30.0
 
 
+# ---------------------------------------------------------------- a checkpoint copied in from another run
+
+
+def test_a_ray_checkpoint_copied_in_from_another_run_is_refused(cluster, tmp_path):
+    """Two runs with the same settings: B's checkpoint in A's directory must not turn A into B."""
+    import shutil
+    from dcasgd.io.checkpoint import CheckpointError, list_checkpoints
+    c, _ = cluster
+    a, b = tmp_path / "a", tmp_path / "b"
+    rb.run_ray(make_cfg(a, c.address, checkpoint_every=20, stop_after_updates=20))
+    rb.run_ray(make_cfg(b, c.address, checkpoint_every=20, stop_after_updates=40))
+    foreign = list_checkpoints(b / "checkpoints")[-1]
+    shutil.copy(foreign, a / "checkpoints" / foreign.name)
+    with pytest.raises(CheckpointError, match="copied in from another run"):
+        rb.run_ray(make_cfg(a, c.address, resume=str(a)))
+
+
 # ---------------------------------------------------------------- (c) a worker node removed from the cluster
 
 

@@ -561,6 +561,8 @@ class Simulator:
         try:
             if self.recorder.metrics is not None:
                 self.recorder.close()
+            if self.trace is not None:
+                self.trace.close()
             write_summary(self.ctx.out, self._summary("failed", error=str(exc), error_type=type(exc).__name__))
         except (RunFailed, OSError):
             pass

@@ -211,12 +211,16 @@ def _build_in_loader(indices: list[int], key: int) -> Any:
 
 
 class LoaderPool:
-    """``processes`` forked processes that build batches of ``source`` (``submit`` returns a Future)."""
+    """``processes`` forked processes that build batches of ``source`` (``submit`` returns a Future).
+
+    Forked (named, not the platform default, which Python 3.14 makes forkserver): each inherits the
+    source as it is, unpicklable Datasets and lambda transforms included, and runs torch on one thread.
+    """
 
     def __init__(self, source: Any, processes: int) -> None:
         self.source = source
         self.executor = concurrent.futures.ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context(), initializer=_start_loader,
+            processes, mp_context=multiprocessing.get_context("fork"), initializer=_start_loader,
             initargs=(source, os.getpid()))
 
     def submit(self, indices: torch.Tensor, key: int) -> concurrent.futures.Future:

@@ -221,7 +221,7 @@ def evaluate_batches(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tens
                 total, count = eval_fn(flat.module, batch)
             except Exception as exc:
                 raise user_code_error(eval_fn, "evaluation function", None, exc) from exc
-            metric_sum, n = metric_sum + float(total), n + count
+            metric_sum, n = metric_sum + float(total), n + float(count)   # (a tensor count is a number here)
             continue
         x, target = batch
         try:
@@ -232,7 +232,7 @@ def evaluate_batches(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tens
         metric_sum += _users_batch_total(metric, "metric", output, target)
         n += len(target)
     if eval_fn is not None:
-        return metric_sum / n if n else math.nan, None
+        return metric_sum / n if n > 0 else math.nan, None
     n = max(1, n)
     return metric_sum / n, loss_sum / n
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import TrainConfig
-from ..errors import InputError
+from ..errors import InputError, StorageError
 from ..io.lock import DirLock
 from ..io.rundir import RunDirError, resume_run_dir
 
@@ -67,7 +67,7 @@ def _lock(directory: Path, what: str) -> DirLock:
         raise RunDirError(f"out {directory} exists and is not a directory")
     try:
         return DirLock(directory, what).acquire()
-    except InputError:
+    except (InputError, StorageError):
         raise
     except OSError as exc:
         raise RunDirError(f"cannot use {directory} as a run directory: {exc.strerror or exc}") from None

@@ -18,7 +18,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, StorageError
 
 LOCK_NAME = ".dcasgd.lock"
 
@@ -55,8 +55,12 @@ class DirLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)                   # removed by its last holder after we opened it: take the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        except OSError as exc:                 # (a full disk): let go of the lock, name the file
+            os.close(fd)
+            raise StorageError(str(self.path), exc) from exc
         self._fd = fd
         return self
 

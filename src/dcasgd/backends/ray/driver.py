@@ -25,7 +25,7 @@ from ...core.server import shard_ranges
 from ...engine.context import RunContext, open_run_dir, prepare_run, write_summary
 from ...engine.probe import CompensationProbe
 from ...engine.recorder import Recorder
-from ...engine.resume import check_resumable, load_resume_checkpoint
+from ...engine.resume import check_resumable, check_same_run, load_resume_checkpoint
 from ...engine.speeds import achieved_slowdowns, emulated_slowdowns, reference_workers
 from ...engine.timing import trace_record
 from ...io.checkpoint import CheckpointError, save_checkpoint
@@ -109,6 +109,7 @@ class RayRun:
             raise CheckpointError(f"checkpoint {path}: not a Ray-backend checkpoint (format "
                                   f"{state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
         check_resumable(state["config"], self.cfg, path)
+        check_same_run(state.get("run_id"), run_dir, path)
         state["path"] = str(path)
         state["lost_updates"] = max(0, _last_version_seen(run_dir) - int(state["version"]))
         return state
@@ -540,6 +541,7 @@ class RayRun:
             "format": CHECKPOINT_FORMAT,
             "version": version,
             "config": cfg.to_dict(),
+            "run_id": self.ctx.run_id,
             "ranges": [list(r) for r in self.ranges],
             "shards": shard_states,
             "coordinator": self._server_call(a.coordinator.coordinator_state.remote()),
