@@ -89,3 +89,15 @@ def test_ideal_speedup_share_m_star_and_goals_on_hand_made_summaries(tmp_path):
     assert "- G1 `lognormal-tuned-mom0`: **met** (ASGD: seed 0: 6.67x sequential, 2.67x SSGD; seed 1: 6.00x " \
            "sequential, 7.50x SSGD)" in text
     assert json.loads((tmp_path / "findings.json").read_text())["goals"]["verdicts"][0]["verdict"] == "met"
+
+
+def test_the_ideal_rates_use_each_workers_own_noise():
+    """A fitted cluster (dcasgd fit) carries per-worker sigmas or quantile tables, not one jitter."""
+    import math
+    from dcasgd.study.speedup import gradient_rates
+    base = {"base_time": 2.0, "comm_time": 0.5, "jitter": 0.0}
+    lognormal = gradient_rates({"speeds": [1.0, 3.0], "config": {**base, "jitters": [0.0, 0.4]}})
+    assert lognormal == [1 / (1.0 + 2.0 * 1.0), 1 / (1.0 + 2.0 * 3.0 * math.exp(0.08))]
+    empirical = gradient_rates({"speeds": [1.0, 1.0], "config": {**base, "timing": "empirical",
+                                                                  "timing_quantiles": [[1.0, 1.0], [0.5, 1.5, 2.5]]}})
+    assert empirical == [1 / (1.0 + 2.0 * 1.0), 1 / (1.0 + 2.0 * 1.5)]        # trapezoid means 1 and 1.5

@@ -145,9 +145,6 @@ def compute_step(flat: FlatModel, weights: torch.Tensor, buffers: torch.Tensor |
 
     ``copy=False`` returns views of the model's flat gradient and buffers, valid only
     until the next computation on ``flat`` (the simulator pushes them at once).
-    An exception in the model's forward or backward pass or in ``loss_fn`` is the
-    user's: it comes back as :class:`~dcasgd.errors.UserCodeError` naming the
-    function and ``origin`` = (worker, gradient number), the original as ``__cause__``.
     """
     flat.load(weights, buffers)
     if not flat.module.training:                     # (train() walks every submodule: skip it when set)

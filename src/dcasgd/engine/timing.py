@@ -21,7 +21,10 @@ fixes every cycle.  ``--replay FILE`` takes the cycles from a recorded trace
 instead (:func:`read_trace`): worker m's k-th cycle is its k-th record.
 
 A trace (``trace.jsonl``, written by both backends) has one line per applied
-gradient: ``worker``, ``seq``, ``base_version``, ``version``, ``staleness``,
+gradient (the simulator also writes the cycles it drew that were never applied,
+with ``version`` null: refused, dropped, cut short by a failure, or in flight at
+the end, so that a replay draws exactly its cycles; Ray records applied pushes
+only): ``worker``, ``seq``, ``base_version``, ``version``, ``staleness``,
 ``t_pull``, ``t_push``, ``duration_s`` (the compute) and the parts of its cycle
 (:data:`CYCLE_PARTS`, seconds)::
 
@@ -119,6 +122,17 @@ def quantile_mean(table: tuple[float, ...] | np.ndarray) -> float:
     """Mean of :func:`quantile_draw` over ``u ~ U[0, 1]``: the trapezoid average of the table."""
     t = np.asarray(table, dtype=float)
     return float((t[:-1] + t[1:]).sum() / (2 * (len(t) - 1)))
+
+
+def mean_noise(config: dict[str, Any], worker: int) -> float:
+    """E[noise] of ``worker``'s compute time under a run's recorded configuration: the trapezoid mean of its
+    quantile table (``timing = "empirical"``), else ``exp(sigma^2 / 2)`` of its lognormal jitter (``jitters[m]``,
+    else ``jitter``)."""
+    if config.get("timing") == "empirical" and config.get("timing_quantiles"):
+        return quantile_mean(config["timing_quantiles"][worker])
+    sigmas = config.get("jitters") or ()
+    sigma = sigmas[worker] if sigmas else config.get("jitter", 0.0)
+    return math.exp(sigma ** 2 / 2)
 
 
 class Timing:

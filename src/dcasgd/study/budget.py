@@ -37,7 +37,7 @@ def sequential_time(cfg: TrainConfig, num_train: int) -> float:
     ``ceil(epochs * num_train)``.  Exact for the timing model without ``corrupt`` (its draws share the
     generator) or failures.
     """
-    from ..backends.sim import Timing              # (torch: imported when a budget is computed, not by report)
+    from ..engine.timing import Timing             # (torch: imported when a budget is computed, not by report)
     from ..compute.worker import BatchStream
     one = replace(cfg, workers=1)
     timing, stream = Timing(one), BatchStream(num_train, 0, 1, one.batch_size, one.seed)

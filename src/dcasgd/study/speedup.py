@@ -62,8 +62,9 @@ def gradient_rates(run: dict[str, Any]) -> list[float] | None:
     speeds, cfg = run.get("speeds"), run.get("config", {})
     if not speeds or any(not finite_number(s) for s in speeds):
         return None
-    noise = math.exp(cfg.get("jitter", 0.0) ** 2 / 2)
-    return [1.0 / (2 * cfg.get("comm_time", 0.0) + cfg.get("base_time", 1.0) * s * noise) for s in speeds]
+    from ..engine.timing import mean_noise
+    return [1.0 / (2 * cfg.get("comm_time", 0.0) + cfg.get("base_time", 1.0) * s * mean_noise(cfg, m))
+            for m, s in enumerate(speeds)]
 
 
 def m_star(rates: list[float], c: float, sequential_rate: float) -> dict[str, Any]:
