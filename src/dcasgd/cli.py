@@ -316,23 +316,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import run
     cfg = config_from_args(args)
-    out = Path(cfg.out)
     try:
         summary = run(cfg).summary
-    except UserCodeError as exc:
-        _show_traceback(args, exc)
-        print(f"dcasgd: run failed: {exc}{_pointers(out)}; --debug shows the traceback", file=sys.stderr)
-        return EXIT_RUN_FAILED
-    except StorageError as exc:
-        _show_traceback(args, exc)
-        print(f"dcasgd: storage failure: {exc}; the run stopped{_pointers(out, resume_hint='free space, then ')}",
-              file=sys.stderr)
-        return EXIT_STORAGE
     except RunFailed as exc:
-        _show_traceback(args, exc)
-        print(f"dcasgd: run failed: {exc}{_pointers(out)}", file=sys.stderr)
-        return EXIT_RUN_FAILED
-    return report_outcome(summary, out)
+        exc.run_dir = Path(cfg.out)                  # (main's line names its files)
+        raise
+    return report_outcome(summary, Path(cfg.out))
+
+
+def failure_line(exc: RunFailed) -> tuple[str, int]:
+    """The line and exit status of a run that failed: the machine's (a storage failure), or the run's (the
+    user's code, a lost server), with pointers to the files of its run that exist."""
+    out = getattr(exc, "run_dir", None)
+    if isinstance(exc, StorageError):
+        where = "" if out is None else f"; the run stopped{_pointers(out, resume_hint='free space, then ')}"
+        return f"dcasgd: storage failure: {exc}{where}", EXIT_STORAGE
+    where = "" if out is None else _pointers(out)
+    debug = "; --debug shows the traceback" if isinstance(exc, UserCodeError) else ""
+    return f"dcasgd: run failed: {exc}{where}{debug}", EXIT_RUN_FAILED
 
 
 def _pointers(out: Path, resume_hint: str = "") -> str:
@@ -581,14 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dcasgd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except StorageError as exc:
-        _show_traceback(args, exc)
-        print(f"dcasgd: storage failure: {exc}", file=sys.stderr)
-        return EXIT_STORAGE
     except RunFailed as exc:
         _show_traceback(args, exc)
-        print(f"dcasgd: run failed: {exc}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+        line, status = failure_line(exc)
+        print(line, file=sys.stderr)
+        return status
     except OSError as exc:
         _show_traceback(args, exc)
         if is_machine_failure(exc):

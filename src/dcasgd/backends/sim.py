@@ -558,14 +558,15 @@ class Simulator:
 
     def _write_failure(self, exc: RunFailed) -> None:
         """Best effort: a summary that says the run failed and why (the disk may be what failed)."""
-        try:
-            if self.recorder.metrics is not None:
-                self.recorder.close()
-            if self.trace is not None:
-                self.trace.close()
-            write_summary(self.ctx.out, self._summary("failed", error=str(exc), error_type=type(exc).__name__))
-        except (RunFailed, OSError):
-            pass
+        closers = [self.recorder.close if self.recorder.metrics is not None else None,
+                   self.trace.close if self.trace is not None else None,
+                   lambda: write_summary(self.ctx.out, self._summary("failed", error=str(exc),
+                                                                     error_type=type(exc).__name__))]
+        for close in filter(None, closers):           # each on its own: one failing leaves the others to try
+            try:
+                close()
+            except (RunFailed, OSError):
+                pass
 
     def _dropped_jobs(self) -> dict[str, Any]:
         """Summary fields of the modes that drop jobs: counts per worker and the simulated seconds spent."""
