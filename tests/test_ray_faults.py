@@ -88,6 +88,9 @@ def test_a_worker_killed_mid_push_is_reported_restarted_and_nothing_is_applied_t
     kills: list[tuple[int, int]] = []                 # (pid, seq of the push it was in the middle of)
     mark = tmp_path / "in-push"
 
+    hold = tmp_path / "hold-worker-0"
+    hold.write_text("")
+
     def chaos(run: rb.RayRun) -> None:
         # worker 1 sleeps 0.2 s between sending each push and reading the answer, and meanwhile the
         # mark file says "pid seq": kill it there, twice (the second time in its restarted process)
@@ -100,11 +103,15 @@ def test_a_worker_killed_mid_push_is_reported_restarted_and_nothing_is_applied_t
         if pid not in [p for p, _ in kills]:
             os.kill(pid, signal.SIGKILL)
             kills.append((pid, seq))
+        if len(kills) == 2:
+            hold.unlink()                                   # worker 0 may go on: the run cannot end before
 
-    # worker 0 is slowed a little so that the run outlasts two restarts of worker 1
+    # worker 0 starts no gradient until worker 1 was killed twice, so the run outlasts both restarts
+    # however slowly the machine makes them
     summary = rb.run_ray(make_cfg(out, c.address, epochs=3.0, worker_restarts=2),
-                         instrument=rb.Instrumentation(on_tick=chaos, worker_hooks={0: {"compute_delay_s": 0.05},
-                                       1: {"push_pause_s": 0.2, "push_pause_mark": str(mark)}}))
+                         instrument=rb.Instrumentation(on_tick=chaos, worker_hooks={
+                             0: {"hold_while": str(hold)},
+                             1: {"push_pause_s": 0.2, "push_pause_mark": str(mark)}}))
     assert len(kills) == 2
     events = [(e["event"], e["worker"]) for e in summary["worker_events"]]
     assert events.count(("worker_failed", 1)) == 2 and events.count(("worker_rejoined", 1)) == 2

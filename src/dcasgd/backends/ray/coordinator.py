@@ -97,7 +97,7 @@ class Coordinator:
         self.pending_n = [0] * num_workers
         self.stop_reason: str | None = None
         self.diverged = False
-        self.ckpt_ready = False
+        self.ckpt_ready, self.ckpt_pauses = False, 0        # a checkpoint pause is ready; how many so far
         # evaluation pauses (pause_for_evaluations): training stops at each mark while the driver evaluates
         self.num_train, self.eval_every, self.next_eval_epoch = num_train, 0.0, 0.0
         self.eval_ready, self.eval_pauses = False, 0        # a pause is ready; how many so far (numbers them)
@@ -335,6 +335,7 @@ class Coordinator:
             return
         if not self.ckpt_ready and self._checkpoint_due():
             self.ckpt_ready = True
+            self.ckpt_pauses += 1
             self._attention.set()
         if not self.eval_ready and self._evaluation_due():
             self.eval_ready, self.hold_since = True, self.timer()
@@ -421,7 +422,8 @@ class Coordinator:
         return {"events": events, "probes": probes, "probe_pushes": self.probe_pushes, "pids": list(self.pids),
                 "lost_gradients": list(self.lost), "discarded": list(self.discarded),
                 "cancelled": list(self.cancelled),
-                "checkpoint_ready": self.ckpt_ready, "evaluation_ready": self.eval_pauses if self.eval_ready else 0,
+                "checkpoint_ready": self.ckpt_pauses if self.ckpt_ready else 0,
+                "evaluation_ready": self.eval_pauses if self.eval_ready else 0,
                 "stop_reason": self._stop(),
                 "diverged": self.diverged, "refused": list(self.refused), "wait_s": list(self.wait_s),
                 "held_s": list(self.held_wait_s), "live": sorted(self.live), "finished": sorted(self.finished),

@@ -202,6 +202,7 @@ class RayRun:
         self.server_bytes = sum(i["bytes"] for i in infos)
         self.pause_for_eval = ray.get_runtime_context().get_node_id() in self.placement["workers"]
         self.eval_pause_s, self.eval_pauses = 0.0, 0         # seconds training stood still for evaluations; how often
+        self.ckpt_pauses = 0                                  # checkpoint pauses taken (the coordinator numbers them)
         self.t0 = time.time() - self.elapsed_before       # time_s: wall seconds of training (continued on resume)
 
     # ------------------------------------------------------------ main
@@ -396,7 +397,8 @@ class RayRun:
             self._probe_record(record)
         if self.probe is not None:
             self.probe.pushes = int(status.get("probe_pushes", self.probe.pushes))   # counted by the coordinator
-        if status["checkpoint_ready"]:
+        if status["checkpoint_ready"] > self.ckpt_pauses:     # numbered: a later status may still show one
+            self.ckpt_pauses = status["checkpoint_ready"]     # that was taken (its checkpoint_done not yet in)
             self._drain()                                     # the log up to the pause, then the snapshot
             self._checkpoint()
             self._server_call(self.actors.coordinator.checkpoint_done.remote())

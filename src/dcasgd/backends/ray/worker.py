@@ -67,7 +67,8 @@ class RayWorker:
     ``hooks`` (tests only): ``compute_delay_s`` sleeps after each gradient (a
     slow worker), ``push_pause_s`` sleeps after the push is sent and before
     its answer is read (a window in which to kill the process mid-push;
-    ``push_pause_mark`` names a file that says "pid seq" during that sleep).
+    ``push_pause_mark`` names a file that says "pid seq" during that sleep),
+    ``hold_while`` names a file: while it exists the worker starts no gradient.
     """
 
     def __init__(self, index: int, cfg: TrainConfig, train_x: np.ndarray | None, train_y: np.ndarray | None,
@@ -128,6 +129,8 @@ class RayWorker:
         cycle = CycleClock()
         stepped = self._step(generation, None, drawn.size, seq)[1:] if one_call else None
         while True:
+            while self.hooks.get("hold_while") and Path(self.hooks["hold_while"]).exists():
+                time.sleep(0.01)                                       # (a test holds this worker)
             grant, pulled = stepped if stepped is not None else (
                 ray.get(self.coord.next.remote(m, generation, report, drawn.size)), None)
             if not grant["go"]:
