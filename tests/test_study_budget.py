@@ -9,7 +9,8 @@ import pytest
 from dcasgd.cli import main
 from dcasgd.config import ConfigError, TrainConfig
 from dcasgd.core.consistency import parse_consistency
-from dcasgd.study.compare import DEFAULT_GRID, Choice, choose, dropped, lr_jobs, pairs, param_values, plan
+from dcasgd.study.compare import (DEFAULT_GRID, Choice, choose, dropped, lr_jobs, pairs, param_values, plan,
+                                  study_grid)
 
 TINY = ["--dataset", "synthetic", "--batch-size", "32", "--epochs", "1", "--eval-every", "0.25", "--val-size", "128",
         "--jitter", "0.1", "--threads", "1"]
@@ -93,6 +94,16 @@ def test_m_sync_runs_only_m_below_m_and_says_so():
     assert param_values(only_4, "msync", 4) == [] and ("msync", 4) not in pairs(only_4)
     assert {"what": "msync at M = 4", "why": "no m of msync_m [4] for M = 4 below M (m = M is SSGD)"} in dropped(only_4)
 
+
+
+def test_a_grid_narrowed_on_the_command_line_says_what_of_the_preset_it_left_out():
+    preset = study_grid("fmnist-mlp", {}, None)
+    narrowed = study_grid("fmnist-mlp", {"momenta": [0.0], "seeds": [0, 1, 2], "workers": [4, 16]}, None)
+    assert preset["narrowed"] == {} and not any("preset's grid" in d["what"] for d in dropped(preset))
+    assert narrowed["narrowed"] == {"momenta": [0.9], "workers": [1, 64]}     # the seeds are all the preset's
+    assert {"what": "momenta 0.9 of the preset's grid", "why": "the command line narrowed momenta to 0.0"} \
+        in dropped(narrowed)
+    assert study_grid(None, {"momenta": [0.0]}, None)["narrowed"] == {}      # no preset: nothing to narrow
 
 # ---------------------------------------------------------------- the paper protocol
 

@@ -411,6 +411,9 @@ def dropped(grid: dict[str, Any]) -> list[dict[str, str]]:
             out.append({"what": f"under the paper protocol: {', '.join(left)}", "why": "not in paper_methods: the "
                         "study runs the paper protocol for the question it asks (does DC-ASGD beat ASGD at ASGD's "
                         "lr?) and spends the rest on the tuned groups"})
+    for key, values in (grid.get("narrowed") or {}).items():
+        out.append({"what": f"{key} {', '.join(map(str, values))} of the preset's grid",
+                    "why": f"the command line narrowed {key} to {', '.join(map(str, grid[key]))}"})
     lam_m = grid.get("lambda_workers", 8)
     if grid.get("lam0_grid"):
         if "dc-asgd-a" not in methods:
@@ -631,12 +634,19 @@ def claim_study_dir(out: Path, base: TrainConfig) -> None:
 
 
 def study_grid(source: str | None, overrides: dict[str, Any], val_size: int | None) -> dict[str, Any]:
-    """The study grid: DEFAULT_GRID < the preset's or TOML file's ``[compare]`` table < ``overrides``; checked."""
+    """The study grid: DEFAULT_GRID < the preset's or TOML file's ``[compare]`` table < ``overrides``; checked.
+
+    ``grid["narrowed"]``: for each list the command line narrowed, the preset's values it left out
+    (:func:`dropped` records them, so a study run on part of its preset says which part).
+    """
     from ..presets import load_preset_grid
     grid = dict(DEFAULT_GRID)
     if source:
         grid.update(load_preset_grid(source))
+    narrowed = {key: [v for v in grid[key] if v not in value] for key, value in overrides.items()
+                if source and isinstance(grid.get(key), list) and isinstance(value, list)}
     grid.update(overrides)
+    grid["narrowed"] = {key: values for key, values in narrowed.items() if values}
     if val_size is not None:
         grid["val_size"] = val_size
     for key in ("methods", "workers", "seeds", "lr_grid"):
