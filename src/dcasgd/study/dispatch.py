@@ -83,18 +83,18 @@ def run_local(configs: dict[Hashable, TrainConfig], n_jobs: int, threads: int, d
     """
     queue = list(configs.items())
     slots = [_Slot(signals.adopt if signals.STOP.active else None) for _ in range(max(1, min(n_jobs, len(queue))))]
-    running: dict[Future, tuple[Hashable, _Slot]] = {}
+    idle, running = list(slots), dict[Future, tuple[Hashable, _Slot]]()
     try:
         with signals.watching():
             while queue or running:
-                for slot in slots:
-                    if queue and slot not in {s for _, s in running.values()}:
-                        key, cfg = queue.pop(0)
-                        running[slot.submit(cfg, threads)] = (key, slot)
+                while queue and idle:
+                    slot, (key, cfg) = idle.pop(), queue.pop(0)
+                    running[slot.submit(cfg, threads)] = (key, slot)
                 finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     key, slot = running.pop(future)
                     slot.finished()
+                    idle.append(slot)
                     done(key, future.result())
                 if signals.STOP.requested:
                     raise Interrupted(signals.STOP.signum)
