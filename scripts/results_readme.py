@@ -231,6 +231,16 @@ def goals(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
 # ---------------------------------------------------------------- 1. speedup
 
 
+def ssgd_not_reached_text(seeds: int, bound: float) -> str:
+    """Where SSGD never reached the target: its run's end over the method's time is a lower bound on how many
+    times sooner the method was, worth stating only above 1 (below, SSGD's run ended, at its epoch cap, before
+    the method got there, and says nothing either way)."""
+    if bound >= 1:
+        return f"SSGD never got there in {seeds} seed(s): at least {bound:.2f}x"
+    return (f"SSGD never got there in {seeds} seed(s), its runs ending before this method reached it "
+            f"(at {bound:.2f}x its time): no comparison")
+
+
 def _vs_ssgd(against: dict[str, Any] | None) -> str:
     if not against:
         return "n/a"
@@ -239,8 +249,8 @@ def _vs_ssgd(against: dict[str, Any] | None) -> str:
         parts.append(times(against["mean"], against["std"], against["n"])
                      + (f" ({against['n']} seeds)" if against["ssgd_not_reached"] else ""))
     if against["ssgd_not_reached"]:
-        parts.append(f"SSGD never got there in {len(against['ssgd_not_reached'])} seed(s): "
-                     f"at least {min(against['at_least_per_seed'].values()):.2f}x")
+        parts.append(ssgd_not_reached_text(len(against["ssgd_not_reached"]),
+                                           min(against["at_least_per_seed"].values())))
     return "; ".join(parts) or "n/a"
 
 
@@ -249,7 +259,8 @@ def speedup(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
              "Per group and M, the method that reaches sequential SGD's mean final error soonest (all seeds "
              "reaching it first; otherwise the most seeds), how many times sooner than sequential SGD (per seed, "
              "mean ± std over the seeds that reached it) and than SSGD (where SSGD never reached it, a lower "
-             "bound: its end over the method's time).", ""]
+             "bound: its end over the method's time; where SSGD's runs ended at their epoch cap before the "
+             "method reached it, that bound is below 1 and the table says there is no comparison).", ""]
     for study, f in studies:
         groups = [g for g in f["groups"] if g.get("target") and g.get("speedups")]
         if not groups:
@@ -379,7 +390,7 @@ def recommendation(studies: list[tuple[Path, dict[str, Any]]]) -> list[str]:
             if "mean_s" in r:
                 sp = r["speedup"]
                 why = (f"reaches sequential SGD's error in {secs(r['mean_s'], r['std_s'], sp['runs'])}, "
-                       f"{times(sp['mean'], sp['std'], sp['n'])} sooner than sequential SGD; against SSGD "
+                       f"{times(sp['mean'], sp['std'], sp['n'])} sooner than sequential SGD; against SSGD: "
                        f"{_vs_ssgd(r.get('vs_ssgd'))}")
             else:
                 why = (f"no method reached sequential SGD's error on every seed; lowest final error "

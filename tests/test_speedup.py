@@ -101,3 +101,14 @@ def test_the_ideal_rates_use_each_workers_own_noise():
     empirical = gradient_rates({"speeds": [1.0, 1.0], "config": {**base, "timing": "empirical",
                                                                   "timing_quantiles": [[1.0, 1.0], [0.5, 1.5, 2.5]]}})
     assert empirical == [1 / (1.0 + 2.0 * 1.0), 1 / (1.0 + 2.0 * 1.5)]        # trapezoid means 1 and 1.5
+
+
+def test_ssgd_lower_bound_stated_only_above_one():
+    """Where SSGD never reached the target, its end over the method's time bounds the ratio from below; a bound
+    below 1 (SSGD's run ended, at its epoch cap, before the method got there) says nothing and is not a claim."""
+    from dcasgd.study.report import vs_ssgd_text
+    above = {"n": 0, "ssgd_not_reached": [1], "at_least_per_seed": {1: 150 / 20}}
+    below = {"n": 0, "ssgd_not_reached": [0, 1], "at_least_per_seed": {0: 0.6, 1: 0.43}}
+    assert "at least 7.50x sooner" in vs_ssgd_text(above)
+    text = vs_ssgd_text(below)
+    assert "at least" not in text and "no comparison" in text and "2 seed(s)" in text and "0.43x" in text

@@ -486,9 +486,10 @@ def vs_ssgd_text(vs: dict[str, Any] | None) -> str:
     if vs["n"]:
         parts.append(f"{times(vs['mean'], vs['std'], vs['n'])} sooner than SSGD ({vs['n']} seeds both reached it)")
     if vs["ssgd_not_reached"]:
-        bound = min(vs["at_least_per_seed"].values())
-        parts.append(f"SSGD did not reach it in {len(vs['ssgd_not_reached'])} seed(s): at least {bound:.2f}x sooner "
-                     f"there")
+        bound, seeds = min(vs["at_least_per_seed"].values()), len(vs["ssgd_not_reached"])
+        parts.append(f"SSGD did not reach it in {seeds} seed(s): at least {bound:.2f}x sooner there" if bound >= 1
+                     else f"SSGD did not reach it in {seeds} seed(s), its runs ending (at {bound:.2f}x this "
+                          f"method's time) before this method reached it: no comparison")
     return "; ".join(parts) or "SSGD comparison n/a"
 
 
