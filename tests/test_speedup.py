@@ -75,6 +75,7 @@ def test_ideal_speedup_share_m_star_and_goals_on_hand_made_summaries(tmp_path):
     assert verdicts["G2"]["verdict"] == "met" and verdicts["G2"]["at"]["64"]["mean_s"] == pytest.approx(15.0)
     (pick16,) = [r for r in numbers["recommendations"] if r["workers"] == 16]
     assert pick16["method"] == "asgd" and pick16["mean_s"] == pytest.approx(17.5)
+    assert pick16["target_error"] == pytest.approx(11.0)                 # that group's sequential SGD error
 
     # one seed short of 6x: G1 is missed
     asgd16[1]["curve"][1]["time_s"] = 21.0
