@@ -528,7 +528,8 @@ def goal_lines(numbers: dict[str, Any]) -> list[str]:
     for v in goals["verdicts"]:
         if v["goal"] == "G1":
             seeds = "; ".join(f"seed {k}: {x['speedup']:.2f}x sequential, " + (
-                f"{x['vs_ssgd']:.2f}x SSGD" if x["vs_ssgd"] is not None else "SSGD n/a")
+                "SSGD n/a" if x["vs_ssgd"] is None else f"{x['vs_ssgd']:.2f}x SSGD" if x.get("ssgd_reached", True)
+                else f"SSGD never reached it (its run ended at {x['vs_ssgd']:.2f}x this time)")
                 for k, x in v["per_seed"].items() if x["speedup"] is not None)
             lines.append(f"- G1 `{v['group']}`: **{v['verdict']}**" + (
                 f" ({LABELS[v['method']]}: {seeds})" if v["method"] else " (no method reached sequential SGD's error)"

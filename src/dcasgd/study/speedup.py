@@ -163,6 +163,7 @@ def goal_facts(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for seed, speedup in best["speedup"]["per_seed"].items():
                     versus = (vs.get("per_seed") or {}).get(seed, (vs.get("at_least_per_seed") or {}).get(seed))
                     seeds[seed] = {"speedup": speedup, "vs_ssgd": versus,
+                                   "ssgd_reached": seed in (vs.get("per_seed") or {}),    # else a lower bound
                                    "met": bool(speedup and speedup >= GOAL_SPEEDUP and versus is not None
                                                and versus >= GOAL_VS_SSGD)}
                 verdict = "met" if seeds and len(seeds) == best["runs"] and all(
