@@ -240,14 +240,14 @@ def _g1_vs_ssgd(seed: dict[str, Any]) -> str:
     return f"SSGD never reached it (its run ended at {seed['vs_ssgd']:.2f}x this time)"
 
 
-def ssgd_not_reached_text(seeds: int, bound: float) -> str:
+def ssgd_not_reached_text(seeds: int, bound: float, ended_first: bool) -> str:
     """Where SSGD never reached the target: its run's end over the method's time is a lower bound on how many
-    times sooner the method was, worth stating only above 1 (below, SSGD's run ended, at its epoch cap, before
-    the method got there, and says nothing either way)."""
-    if bound >= 1:
-        return f"SSGD never got there in {seeds} seed(s): at least {bound:.2f}x"
-    return (f"SSGD never got there in {seeds} seed(s), its runs ending before this method reached it "
-            f"(at {bound:.2f}x its time): no comparison")
+    times sooner the method was, stated unless SSGD's run ended before the method got there (``ended_first``,
+    from findings.json: the bound is below 1 and says nothing either way)."""
+    if ended_first:
+        return (f"SSGD never got there in {seeds} seed(s), its runs ending before this method reached it "
+                f"(at {bound:.2f}x its time): no comparison")
+    return f"SSGD never got there in {seeds} seed(s): at least {bound:.2f}x"
 
 
 def _vs_ssgd(against: dict[str, Any] | None) -> str:
@@ -259,7 +259,8 @@ def _vs_ssgd(against: dict[str, Any] | None) -> str:
                      + (f" ({against['n']} seeds)" if against["ssgd_not_reached"] else ""))
     if against["ssgd_not_reached"]:
         parts.append(ssgd_not_reached_text(len(against["ssgd_not_reached"]),
-                                           min(against["at_least_per_seed"].values())))
+                                           min(against["at_least_per_seed"].values()),
+                                           against.get("ssgd_ended_first", False)))
     return "; ".join(parts) or "n/a"
 
 

@@ -111,8 +111,17 @@ def test_ssgd_lower_bound_stated_only_above_one():
     """Where SSGD never reached the target, its end over the method's time bounds the ratio from below; a bound
     below 1 (SSGD's run ended, at its epoch cap, before the method got there) says nothing and is not a claim."""
     from dcasgd.study.report import vs_ssgd_text
-    above = {"n": 0, "ssgd_not_reached": [1], "at_least_per_seed": {1: 150 / 20}}
-    below = {"n": 0, "ssgd_not_reached": [0, 1], "at_least_per_seed": {0: 0.6, 1: 0.43}}
+    from dcasgd.study.speedup import against_ssgd
+    speeds = [1.0] * 16
+    asgd = [run("asgd", 16, seed, [(0, 90), (20, 10)], speeds) for seed in (0, 1)]   # target 11% at 20 s
+    ssgd_long = [run("ssgd", 16, 0, [(0, 90), (150, 12)], speeds)]                     # ends at 150 s: 7.5x
+    ssgd_short = [run("ssgd", 16, 0, [(0, 90), (12, 12)], speeds),                     # 12 / 20 = 0.6
+                  run("ssgd", 16, 1, [(0, 90), (8.6, 12)], speeds)]                    # 8.6 / 20 = 0.43
+    above = against_ssgd({("asgd", 16): asgd, ("ssgd", 16): ssgd_long}, "asgd", 16, 11.0)
+    below = against_ssgd({("asgd", 16): asgd, ("ssgd", 16): ssgd_short}, "asgd", 16, 11.0)
+    assert above["at_least_per_seed"] == {0: pytest.approx(7.5)} and not above["ssgd_ended_first"]
+    assert below["at_least_per_seed"] == {0: pytest.approx(0.6), 1: pytest.approx(0.43)}
+    assert below["ssgd_ended_first"]
     assert "at least 7.50x sooner" in vs_ssgd_text(above)
     text = vs_ssgd_text(below)
     assert "at least" not in text and "no comparison" in text and "2 seed(s)" in text and "0.43x" in text

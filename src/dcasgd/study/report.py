@@ -487,9 +487,9 @@ def vs_ssgd_text(vs: dict[str, Any] | None) -> str:
         parts.append(f"{times(vs['mean'], vs['std'], vs['n'])} sooner than SSGD ({vs['n']} seeds both reached it)")
     if vs["ssgd_not_reached"]:
         bound, seeds = min(vs["at_least_per_seed"].values()), len(vs["ssgd_not_reached"])
-        parts.append(f"SSGD did not reach it in {seeds} seed(s): at least {bound:.2f}x sooner there" if bound >= 1
-                     else f"SSGD did not reach it in {seeds} seed(s), its runs ending (at {bound:.2f}x this "
-                          f"method's time) before this method reached it: no comparison")
+        parts.append(f"SSGD did not reach it in {seeds} seed(s), its runs ending (at {bound:.2f}x this method's "
+                     f"time) before this method reached it: no comparison" if vs.get("ssgd_ended_first")
+                     else f"SSGD did not reach it in {seeds} seed(s): at least {bound:.2f}x sooner there")
     return "; ".join(parts) or "SSGD comparison n/a"
 
 
@@ -520,6 +520,15 @@ def speedup_findings(g: dict[str, Any]) -> list[str]:
     return lines
 
 
+def g1_vs_ssgd_text(seed: dict[str, Any]) -> str:
+    """A G1 seed's ratio to SSGD; where SSGD never reached the target, its run's end over the method's time."""
+    if seed["vs_ssgd"] is None:
+        return "SSGD n/a"
+    if seed.get("ssgd_reached", True):
+        return f"{seed['vs_ssgd']:.2f}x SSGD"
+    return f"SSGD never reached it (its run ended at {seed['vs_ssgd']:.2f}x this time)"
+
+
 def goal_lines(numbers: dict[str, Any]) -> list[str]:
     goals = numbers.get("goals") or {}
     if not goals.get("verdicts"):
@@ -527,10 +536,8 @@ def goal_lines(numbers: dict[str, Any]) -> list[str]:
     lines = ["## Goals", ""] + [f"- {text}" for text in goals["statements"]] + [""]
     for v in goals["verdicts"]:
         if v["goal"] == "G1":
-            seeds = "; ".join(f"seed {k}: {x['speedup']:.2f}x sequential, " + (
-                "SSGD n/a" if x["vs_ssgd"] is None else f"{x['vs_ssgd']:.2f}x SSGD" if x.get("ssgd_reached", True)
-                else f"SSGD never reached it (its run ended at {x['vs_ssgd']:.2f}x this time)")
-                for k, x in v["per_seed"].items() if x["speedup"] is not None)
+            seeds = "; ".join(f"seed {k}: {x['speedup']:.2f}x sequential, {g1_vs_ssgd_text(x)}"
+                              for k, x in v["per_seed"].items() if x["speedup"] is not None)
             lines.append(f"- G1 `{v['group']}`: **{v['verdict']}**" + (
                 f" ({LABELS[v['method']]}: {seeds})" if v["method"] else " (no method reached sequential SGD's error)"
                 if v["verdict"] == "missed" else ""))
